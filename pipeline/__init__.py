@@ -1,0 +1,1 @@
+"""GAN training pipeline: prepare -> train -> evaluate -> export, tracked in MLflow."""

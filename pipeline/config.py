@@ -1,0 +1,279 @@
+"""Strict parsing of params.yaml into frozen dataclasses: the only module that reads it.
+
+Defaults <- YAML <- command-line overrides. An unknown key, a wrong type or an out-of-range value raises
+`ParamsError` with one line naming the key, the rule and the value, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, with a one-line message naming the key."""
+
+
+def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         choices: tuple | None = None, doc: str = "") -> Any:
+    """A dataclass field carrying its validation rule."""
+    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "doc": doc}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
+LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
+METRICS = ("isc", "fid", "kid", "prc")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = spec("digits", choices=DATASETS)
+    root: str = spec("data/raw", doc="where torchvision sets and image folders are read from")
+    download: bool = spec(False, doc="let torchvision download mnist/fashion-mnist/cifar10 into data.root")
+    image_size: int = spec(32, choices=(16, 32, 64, 128))
+    channels: int = spec(3, choices=(1, 3), doc="imagefolder only: 1 = grayscale, 3 = RGB")
+    ref_fraction: float = spec(0.2, gt=0.0, le=0.5, doc="held-out share for digits and imagefolder")
+    split_seed: int = spec(0, ge=0)
+    on_corrupt: str = spec("skip", choices=("skip", "fail"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = spec("dcgan", choices=("dcgan",))
+    z_dim: int = spec(64, ge=1)
+    g_channels: int = spec(32, ge=1, doc="width of G's last hidden layer (ngf)")
+    d_channels: int = spec(32, ge=1, doc="width of D's first layer (ndf)")
+    d_norm: str = spec("auto", choices=("auto", "batch", "instance", "layer", "none"),
+                       doc="auto = batch, except layer norm for wgan-gp")
+    dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
+    spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = spec("bce", choices=LOSSES)
+    steps: int = spec(1200, ge=1, doc="generator updates")
+    batch_size: int = spec(64, ge=1, doc="global batch, split across processes")
+    seed: int = spec(0, ge=0)
+    lr_g: float = spec(2e-4, gt=0.0)
+    lr_d: float = spec(2e-4, gt=0.0)
+    beta1: float = spec(0.5, ge=0.0, le=1.0)
+    beta2: float = spec(0.999, ge=0.0, le=1.0)
+    n_critic: int = spec(1, ge=1, doc="D updates per G update")
+    gp_weight: float = spec(10.0, ge=0.0, doc="lambda of the wgan-gp penalty")
+    gp_every: int = spec(1, ge=1, doc="lazy regularisation: penalty every k D steps, weighted by k")
+    clip_value: float = spec(0.01, gt=0.0, doc="wgan weight clipping bound")
+    grad_clip_norm: float = spec(0.0, ge=0.0, doc="0 = off")
+    grad_accum_steps: int = spec(1, ge=1)
+    ema_halflife_steps: float = spec(50.0, ge=0.0, doc="0 = no EMA (the EMA copy equals G)")
+    mixed_precision: str = spec("bf16", choices=("no", "fp16", "bf16"))
+    channels_last: bool = spec(True)
+    log_every_steps: int = spec(50, ge=1)
+    sample_every_steps: int = spec(300, ge=1)
+    checkpoint_every_steps: int = spec(300, ge=1)
+    keep_checkpoints: int = spec(2, ge=1)
+    fid_every_steps: int = spec(0, ge=0, doc="0 = off; FID on eval.train_fid_samples during training")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    metrics: tuple[str, ...] = spec(METRICS, choices=METRICS)
+    num_samples: int = spec(2000, ge=2)
+    extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "classifier"),
+                          doc="auto = classifier for labelled 1-channel sets, inception otherwise")
+    inception_weights: str | None = spec(None, doc="local pt_inception-2015-12-05 weights file")
+    weights: str = spec("ema", choices=("ema", "last", "best"))
+    batch_size: int = spec(250, ge=1)
+    kid_subset_size: int = spec(200, ge=2)
+    seed: int = spec(0, ge=0)
+    train_fid_samples: int = spec(500, ge=2)
+    classifier_steps: int = spec(600, ge=1)
+    download_timeout_seconds: float = spec(20.0, gt=0.0)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model_name: str = spec("dcgan-digits")
+    onnx: bool = spec(True)
+    promote_metric: str = spec("fid", choices=("fid",))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = spec(True)
+    uri: str = spec("sqlite:///mlflow.db")
+    experiment: str = spec("gan-pipeline")
+    required: bool = spec(True, doc="true: stop before training when the server is unreachable")
+    timeout_seconds: float = spec(10.0, gt=0.0, doc="per request")
+    max_retries: int = spec(2, ge=0)
+    tensorboard: bool = spec(True)
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def resolved_d_norm(self) -> str:
+        if self.model.d_norm != "auto":
+            return self.model.d_norm
+        return "layer" if self.train.loss == "wgan-gp" else "batch"
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key` -> value, for MLflow params."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _describe(kind: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
+
+
+def _rule_text(kind: Any, meta: dict) -> str:
+    parts = [_describe(kind)]
+    for op, sym in (("ge", ">="), ("gt", ">"), ("le", "<=")):
+        if meta.get(op) is not None:
+            parts.append(f"{sym} {meta[op]:g}")
+    return " ".join(parts)
+
+
+def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
+    """Check one value against its annotation and rule; return it in canonical form."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return None if value is None else _coerce(key, args[0], value, meta)
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ParamsError(f"params.yaml: {key} must be a non-empty list, got {value!r}")
+        return tuple(_coerce(key, str, v, meta) for v in items)
+    choices = meta.get("choices")
+    if kind is str and value is False and choices and "no" in choices:
+        value = "no"  # YAML 1.1 reads a bare `no` as false
+    if kind is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        value = float(value)  # PyYAML reads `1e-4` (no dot) as a string
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[kind]
+    if kind is float and ok:
+        value = float(value)
+        ok = math.isfinite(value)
+    if not ok:
+        raise ParamsError(f"params.yaml: {key} must be {_describe(kind)}, got {value!r}")
+    if choices and value not in choices:
+        raise ParamsError(f"params.yaml: {key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    lo_ge, lo_gt, hi = meta.get("ge"), meta.get("gt"), meta.get("le")
+    if (lo_ge is not None and value < lo_ge) or (lo_gt is not None and value <= lo_gt) or (
+        hi is not None and value > hi
+    ):
+        raise ParamsError(f"params.yaml: {key} must be {_rule_text(kind, meta)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, section: str, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ParamsError(
+                f"params.yaml: unknown key {section}.{key} (known: {', '.join(sorted(fields))})"
+            )
+    values = {k: _coerce(f"{section}.{k}", hints[k], v, dict(fields[k].metadata)) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _check_combinations(p: Params) -> None:
+    if p.train.loss == "wgan-gp" and p.model.d_norm == "batch":
+        raise ParamsError(
+            "params.yaml: model.d_norm=batch cannot be used with train.loss=wgan-gp: BatchNorm mixes samples, "
+            "so the per-sample gradient penalty is wrong; use auto, layer, instance or none"
+        )
+    if p.train.batch_size % p.train.grad_accum_steps:
+        raise ParamsError(
+            f"params.yaml: train.batch_size must be divisible by train.grad_accum_steps "
+            f"({p.train.grad_accum_steps}), got {p.train.batch_size}"
+        )
+    if p.eval.kid_subset_size > p.eval.num_samples:
+        raise ParamsError(
+            f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({p.eval.num_samples}), "
+            f"got {p.eval.kid_subset_size}"
+        )
+
+
+def parse_params(raw: Any, overrides: typing.Iterable[str] = ()) -> Params:
+    """Validate a parsed YAML mapping (plus `section.key=value` overrides) into `Params`."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: the top level must be a mapping of sections, got {raw!r}")
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ParamsError(f"params.yaml: override must look like section.key=value, got {item!r}")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {raw[section]!r}")
+        raw[section][name] = yaml.safe_load(text)
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Params)}
+    for name in raw:
+        if name not in sections:
+            raise ParamsError(f"params.yaml: unknown section {name} (known: {', '.join(sections)})")
+    built = {name: _build(type(factory()), name, raw.get(name)) for name, factory in sections.items()}
+    params = Params(**built)
+    _check_combinations(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ()) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params.yaml: file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"params.yaml: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_params(raw, overrides)
+
+
+def write_resolved(params: Params, path: str | Path) -> None:
+    """Write the resolved config next to the outputs, as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(params.to_dict(), indent=2) + "\n")

@@ -1,0 +1,208 @@
+"""Image sources -> one prepared uint8 array (N, C, H, W) per split, plus metadata.
+
+Sources: scikit-learn's digits (offline, the default), torchvision's MNIST / Fashion-MNIST / CIFAR-10, and any folder
+tree of images. Training reads only the prepared arrays, memory-mapped, and draws batches by tensor indexing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import DataConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class DataError(RuntimeError):
+    """A data source is missing, empty or unreadable."""
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: np.ndarray  # (N,) int64, -1 when unlabelled
+
+
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, h, w) uint8 -> (N, C, size, size) uint8: scale the short side to `size`, then centre-crop."""
+    n, c, h, w = images.shape
+    if h == w == size:
+        return images
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    out = np.empty((n, c, size, size), np.uint8)
+    for i in range(0, n, 1024):  # chunks keep peak memory flat for large sets
+        x = torch.from_numpy(images[i : i + 1024]).float()
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=nh < h, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[:, :, top : top + size, left : left + size]
+        out[i : i + 1024] = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_ref = max(1, round(len(images) * fraction))
+    ref, train = order[:n_ref], order[n_ref:]
+    return Split(images[train], labels[train]), Split(images[ref], labels[ref])
+
+
+def load_digits_source(cfg: DataConfig) -> tuple[Split, Split, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    train, ref = _split(images, d.target.astype(np.int64), cfg.ref_fraction, cfg.split_seed)
+    return train, ref, [str(c) for c in d.target_names]
+
+
+_TV_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def load_torchvision_source(cfg: DataConfig) -> tuple[Split, Split, list[str]]:
+    """The official train split trains; the official test split is the held-out reference."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _TV_NAMES[cfg.dataset])
+    splits, classes = [], []
+    for train in (True, False):
+        try:
+            ds = cls(root=cfg.root, train=train, download=cfg.download)
+        except RuntimeError as e:
+            hint = "" if cfg.download else " Set data.download: true to fetch it, or place the files there."
+            raise DataError(
+                f"{cfg.dataset}: files not found under data.root={cfg.root!r} ({e}).{hint}"
+            ) from None
+        data = np.asarray(ds.data)
+        images = data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
+        splits.append(Split(np.ascontiguousarray(images, dtype=np.uint8), np.asarray(ds.targets, np.int64)))
+        classes = [str(c) for c in ds.classes]
+    return splits[0], splits[1], classes
+
+
+def load_imagefolder_source(cfg: DataConfig) -> tuple[Split, Split, list[str], dict]:
+    """Any folder tree of images. Top-level subfolders are classes when every image sits in one."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"imagefolder: data.root={cfg.root!r} is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"imagefolder: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {cfg.root!r}")
+    labelled = all(p.parent != root for p in files)
+    classes = sorted({p.relative_to(root).parts[0] for p in files}) if labelled else []
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images, labels, corrupt = [], [], []
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                im.load()  # decodes fully: truncated files fail here, not later
+                img = im.convert(mode)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if cfg.on_corrupt == "fail":
+                raise DataError(f"imagefolder: cannot read {path} ({e}); set data.on_corrupt: skip to skip it") from None
+            corrupt.append(str(path.relative_to(root)))
+            continue
+        arr = np.asarray(img, np.uint8)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        images.append(resize_uint8(arr[None], cfg.image_size)[0])
+        labels.append(classes.index(path.relative_to(root).parts[0]) if labelled else -1)
+        if (i + 1) % 1000 == 0:
+            print(f"imagefolder: decoded {i + 1}/{len(files)}", file=sys.stderr)
+    if corrupt:
+        print(f"imagefolder: skipped {len(corrupt)} corrupt file(s): {', '.join(corrupt[:10])}", file=sys.stderr)
+    if len(images) < 2:
+        raise DataError(f"imagefolder: need at least 2 readable images under {cfg.root!r}, got {len(images)}")
+    train, ref = _split(np.stack(images), np.asarray(labels, np.int64), cfg.ref_fraction, cfg.split_seed)
+    return train, ref, classes, {"corrupt_skipped": len(corrupt), "corrupt_files": corrupt}
+
+
+def content_hash(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path) -> dict:
+    """Read the source once, resize, and write {train,ref}.npy, {train,ref}_labels.npy and meta.json."""
+    extra: dict = {}
+    if cfg.dataset == "digits":
+        train, ref, classes = load_digits_source(cfg)
+    elif cfg.dataset in _TV_NAMES:
+        train, ref, classes = load_torchvision_source(cfg)
+    else:
+        train, ref, classes, extra = load_imagefolder_source(cfg)
+    train.images = resize_uint8(train.images, cfg.image_size)
+    ref.images = resize_uint8(ref.images, cfg.image_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("ref", ref)):
+        np.save(out / f"{name}.npy", split.images)
+        np.save(out / f"{name}_labels.npy", split.labels)
+    meta = {
+        "source": cfg.dataset,
+        "root": cfg.root if cfg.dataset != "digits" else "sklearn.datasets.load_digits",
+        "shape": list(train.images.shape[1:]),
+        "count": {"train": len(train.images), "ref": len(ref.images)},
+        "classes": classes,
+        "labelled": bool((train.labels >= 0).all()) and bool(classes),
+        "hash": content_hash(train.images, ref.images, train.labels, ref.labels),
+        **extra,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_meta(prepared_dir: str | Path) -> dict:
+    path = Path(prepared_dir) / "meta.json"
+    if not path.exists():
+        raise DataError(f"prepared data not found: {path}; run the prepare stage first (dvc repro prepare)")
+    return json.loads(path.read_text())
+
+
+def load_split(prepared_dir: str | Path, split: str, mmap: bool = True) -> Split:
+    d = Path(prepared_dir)
+    images = np.load(d / f"{split}.npy", mmap_mode="r" if mmap else None)
+    return Split(images, np.load(d / f"{split}_labels.npy"))
+
+
+class BatchSampler:
+    """Deterministic batches from a resident uint8 tensor: the order is a function of (seed, index) alone.
+
+    Epoch e is `randperm(N)` seeded by (seed, e); batch i of the global stream takes the next `global_batch`
+    indices, and rank r takes its contiguous slice. Resuming at batch i needs no saved state.
+    """
+
+    def __init__(self, images: torch.Tensor, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
+        if len(images) < global_batch:
+            raise DataError(f"the training split has {len(images)} images, fewer than one batch ({global_batch})")
+        self.images, self.global_batch, self.seed = images, global_batch, seed
+        self.per_rank, self.rank = global_batch // world, rank
+        self._perm_epoch, self._perm = -1, None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.images), generator=g).to(self.images.device)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self, index: int) -> torch.Tensor:
+        """Global batch `index` -> this rank's uint8 slice (B/world, C, H, W). Epochs drop their last partial batch."""
+        per_epoch = len(self.images) // self.global_batch
+        epoch, pos = divmod(index, per_epoch)
+        start = pos * self.global_batch + self.rank * self.per_rank
+        return self.images[self._order(epoch)[start : start + self.per_rank]]

@@ -1,0 +1,376 @@
+"""The GAN training loop on Hugging Face Accelerate: D steps, G step, penalties, EMA, ticks.
+
+Follows the DCGAN recipe (Radford et al., 2015) with the WGAN / WGAN-GP critic schedule (Arjovsky et al., 2017;
+Gulrajani et al., 2017), lazy regularisation (Karras et al., 2020, stylegan2-ada) and an EMA of G.
+Every random draw of step s on rank r comes from a seed that is a function of (train.seed, s, r), so a resumed run
+replays an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import checkpoint, losses
+from pipeline.config import Params
+from pipeline.data import BatchSampler, load_split, read_meta
+from pipeline.nets import NetConfig, build, from_uint8, to_uint8
+from pipeline.tracking import Tracker
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or inf."""
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Every path the train stage writes; the stage spells them once, as dvc.yaml does."""
+
+    prepared: Path
+    models: Path
+    metrics: Path
+    plots: Path
+    run_file: Path
+    checkpoints: Path
+    tensorboard: Path | None = None
+
+
+def net_config(params: Params, channels: int) -> NetConfig:
+    m = params.model
+    return NetConfig(arch=m.arch, z_dim=m.z_dim, image_size=params.data.image_size, channels=channels,
+                     g_channels=m.g_channels, d_channels=m.d_channels, d_norm=params.resolved_d_norm(),
+                     dropout=m.dropout, spectral_norm=m.spectral_norm)
+
+
+def fingerprint(params: Params, data_hash: str) -> str:
+    """What a checkpoint must match to be resumed: data, model and train params except the step count."""
+    train = {k: v for k, v in params.to_dict()["train"].items() if k != "steps"}
+    blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
+
+
+def fixed_latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
+    """The latent batch for sample grids: drawn on the CPU so every device shows the same z."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+class Stats:
+    """Collects detached device tensors between ticks; one host sync per tick, none per step."""
+
+    def __init__(self) -> None:
+        self._v: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def report(self, name: str, value: torch.Tensor) -> None:
+        self._v[name].append(value.detach().float().reshape(()))
+
+    def pop_means(self) -> dict[str, float]:
+        out = {k: torch.stack(v).mean().item() for k, v in self._v.items() if v}
+        self._v.clear()
+        return out
+
+
+class EMA(nn.Module):
+    """Exponential moving average of G's parameters; buffers (BatchNorm statistics) are copied."""
+
+    def __init__(self, model: nn.Module, halflife_steps: float):
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(model).eval().requires_grad_(False).float()
+        self.beta = 0.5 ** (1.0 / halflife_steps) if halflife_steps > 0 else 0.0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p, p = list(self.module.parameters()), [q.float() for q in model.parameters()]
+        torch._foreach_lerp_(ema_p, p, 1.0 - self.beta)
+        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+def grid_image(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
+    """(N, z_dim) -> one (H, W, C) uint8 grid, G in eval mode."""
+    from torchvision.utils import make_grid
+
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        imgs = to_uint8(generator(z.to(next(generator.parameters()).device))).cpu()
+    generator.train(was_training)
+    grid = make_grid(imgs, nrow=int(math.sqrt(len(imgs))), padding=2, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def _grad_norm(module: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else \
+        torch.zeros(())
+
+
+class GANStep:
+    """Networks, optimisers, batch sampler and one training step; `train()` adds ticks around it.
+
+    The benchmark times exactly this object, so its figures are the train stage's.
+    """
+
+    def __init__(self, params: Params, acc, images: torch.Tensor, channels: int):
+        tc = self.tc = params.train
+        self.acc, self.device = acc, acc.device
+        self.cfg = cfg = net_config(params, channels)
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        G, D = build(cfg)
+        self.fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
+        G, D = G.to(self.device, memory_format=self.fmt), D.to(self.device, memory_format=self.fmt)
+        self.ema = EMA(G, tc.ema_halflife_steps)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2), **fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), **fused)
+        self.G, self.D, self.opt_g, self.opt_d = acc.prepare(G, D, opt_g, opt_d)
+        self.G_plain, self.D_plain = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+        # Data: the whole prepared split, resident on the device, drawn by index (global micro-batches).
+        micro_batch = tc.batch_size // tc.grad_accum_steps
+        self.sampler = BatchSampler(images.to(self.device), micro_batch, seed=tc.seed,
+                                    rank=acc.process_index, world=acc.num_processes)
+        self.per_rank = micro_batch // acc.num_processes
+        self.stats = Stats()
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
+
+    def _real(self, index: int) -> torch.Tensor:
+        return from_uint8(self.sampler.batch(index)).contiguous(memory_format=self.fmt)
+
+    def _noise(self) -> torch.Tensor:
+        return torch.randn(self.per_rank, self.cfg.z_dim, device=self.device)
+
+    def __call__(self, step: int) -> None:
+        """Generator update `step` (0-based) with its n_critic critic updates, then the EMA."""
+        tc, acc, D, G_plain, D_plain, stats = self.tc, self.acc, self.D, self.G_plain, self.D_plain, self.stats
+        torch.manual_seed(step_seed(tc.seed, step, acc.process_index))
+
+        # D step(s): n_critic updates, each over grad_accum_steps micro-batches.
+        for j in range(tc.n_critic):
+            d_update = step * tc.n_critic + j
+            for m in range(tc.grad_accum_steps):
+                real = self._real(d_update * tc.grad_accum_steps + m)
+                with acc.accumulate(D):
+                    with torch.no_grad(), acc.autocast():
+                        fake = G_plain(self._noise())
+                    with acc.autocast():
+                        s_real, s_fake = D(real), D(fake)
+                    loss_d = losses.d_loss(tc.loss, s_real, s_fake)
+                    # Gradient penalty, lazily every gp_every D updates, weighted by gp_every.
+                    if tc.loss == "wgan-gp" and tc.gp_weight > 0 and d_update % tc.gp_every == 0:
+                        gp = losses.gradient_penalty(D_plain, real, fake)
+                        loss_d = loss_d + tc.gp_weight * tc.gp_every * gp
+                        stats.report("Loss/gradient_penalty", gp)
+                    self._backward_step(loss_d, D, self.opt_d, "Grad/norm_D")
+            if tc.loss == "wgan":
+                losses.clip_weights(D_plain, tc.clip_value)
+        stats.report("Loss/D", loss_d)
+        stats.report("D/real", s_real.float().mean())
+        stats.report("D/fake", s_fake.float().mean())
+        if tc.loss in ("wgan", "wgan-gp"):
+            stats.report("Loss/wasserstein_estimate", losses.wasserstein_estimate(s_real, s_fake))
+
+        # G step: D is frozen and called unwrapped, so no gradient reaches it or its DDP hooks.
+        D_plain.requires_grad_(False)
+        for _ in range(tc.grad_accum_steps):
+            with acc.accumulate(self.G):
+                with acc.autocast():
+                    loss_g = losses.g_loss(tc.loss, D_plain(self.G(self._noise())))
+                self._backward_step(loss_g, self.G, self.opt_g, "Grad/norm_G")
+        D_plain.requires_grad_(True)
+        stats.report("Loss/G", loss_g)
+        bad = ~torch.isfinite(loss_d.detach() + loss_g.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step + 1),
+                                     self.first_bad)
+
+        # EMA.
+        self.ema.update(G_plain)
+
+    def _backward_step(self, loss: torch.Tensor, model: nn.Module, opt, norm_key: str) -> None:
+        self.acc.backward(loss)
+        if self.acc.sync_gradients:
+            self.stats.report(norm_key, _grad_norm(model))
+            if self.tc.grad_clip_norm > 0:
+                self.acc.clip_grad_norm_(model.parameters(), self.tc.grad_clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def make_accelerator(params: Params):
+    from accelerate import Accelerator
+
+    tc = params.train
+    return Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum_steps)
+
+
+def train(params: Params, paths: TrainPaths, accelerator=None,
+          evaluator: Callable[[nn.Module], float] | None = None) -> dict:
+    """Run (or resume) training; write the generator, metrics and plots. Returns the final metrics.
+
+    `evaluator(G_ema) -> FID`, when given, runs every train.fid_every_steps and keeps the best generator.
+    """
+    tc = params.train
+    acc = accelerator or make_accelerator(params)
+    main, world = acc.is_main_process, acc.num_processes
+    meta = read_meta(paths.prepared)
+    images = torch.from_numpy(np.array(load_split(paths.prepared, "train").images))
+    gan = GANStep(params, acc, images, channels=meta["shape"][0])
+    cfg, ema = gan.cfg, gan.ema
+
+    # Resume, when a checkpoint of the same data/model/train params exists.
+    fp = fingerprint(params, meta["hash"])
+    start, history, best_fid = 0, [], math.inf
+    ckpt = checkpoint.latest_checkpoint(paths.checkpoints)
+    if ckpt is not None and json.loads((ckpt / "loop.json").read_text()).get("fingerprint") == fp:
+        state = checkpoint.load_checkpoint(acc, ckpt, ema)
+        start, history, best_fid = state["step"], state["history"], state.get("best_fid", math.inf)
+        acc.print(f"resuming from {ckpt} at step {start}")
+    elif ckpt is not None:
+        acc.print(f"not resuming {ckpt}: it was written with other data/model/train params")
+        acc.wait_for_everyone()
+        if main:
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    acc.wait_for_everyone()
+
+    tracker = Tracker(params.tracking, tensorboard_dir=str(paths.tensorboard) if paths.tensorboard else None) \
+        if main else Tracker(None)
+    if main:
+        tracker.log_params(params.flat())
+        tracker.log_dict(params.to_dict(), "config/params.json")
+        tracker.set_tags({"data.hash": meta["hash"], "model.d_norm.resolved": cfg.d_norm,
+                          "world_size": world, "resumed_from_step": start})
+        tracker.write_run_file(paths.run_file)
+
+    z_fixed = fixed_latents(64, cfg.z_dim, tc.seed)
+    t_start = t_tick = time.perf_counter()
+    n_tick = 0
+    for step in range(start, tc.steps):
+        gan(step)
+        n_tick += 1
+        done = step + 1
+
+        # Tick: divergence check, log, FID, grid, checkpoint.
+        if not _is_tick(tc, done):
+            continue
+        bad_step = int(acc.gather(gan.first_bad.view(1)).max().item())
+        if bad_step >= 0:
+            last = checkpoint.latest_checkpoint(paths.checkpoints)
+            tracker.set_tags({"diverged_at_step": bad_step})
+            tracker.close("FAILED")
+            raise DivergenceError(
+                f"training diverged: the loss became NaN or inf at step {bad_step}; "
+                f"the last good checkpoint is {last or 'none (none was written yet)'}. "
+                "Lower the learning rates, enable train.grad_clip_norm, or change train.loss."
+            )
+        elapsed = time.perf_counter() - t_tick
+        row = {"step": done, **gan.stats.pop_means(), "Speed/img_per_s": n_tick * tc.batch_size / max(elapsed, 1e-9)}
+        if evaluator is not None and tc.fid_every_steps and done % tc.fid_every_steps == 0:
+            row["Eval/fid"] = fid = evaluator(ema.module)
+            if main and fid < best_fid:
+                best_fid = fid
+                checkpoint.save_generator(ema.module, paths.models / "generator_best.safetensors", None, cfg)
+        history.append(row)
+        if main:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+            acc.print(_progress_line(row, tc.steps))
+            if done % tc.sample_every_steps == 0 or done == tc.steps:
+                tracker.log_image(grid_image(ema.module, z_fixed), "samples/ema", done)
+        if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
+            checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema,
+                                       {"fingerprint": fp, "history": history, "best_fid": best_fid},
+                                       tc.keep_checkpoints)
+        t_tick, n_tick = time.perf_counter(), 0
+
+    wall = time.perf_counter() - t_start
+    result = {}
+    if main:
+        result = _write_outputs(params, paths, cfg, meta, gan.G_plain, ema.module, history, wall, start, world,
+                                tracker)
+        tracker.close()
+    acc.wait_for_everyone()
+    return result
+
+
+def _is_tick(tc, done: int) -> bool:
+    every = (tc.log_every_steps, tc.checkpoint_every_steps, tc.sample_every_steps, tc.fid_every_steps)
+    return done == tc.steps or any(n and done % n == 0 for n in every)
+
+
+def _progress_line(row: dict, total: int) -> str:
+    keys = ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_s")
+    return f"step {row['step']}/{total} " + " ".join(f"{k.split('/')[-1]}={row[k]:.3f}" for k in keys if k in row)
+
+
+def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, world, tracker) -> dict:
+    paths.models.mkdir(parents=True, exist_ok=True)
+    extra = {"data_hash": meta["hash"], "classes": meta["classes"], "params": params.to_dict()}
+    checkpoint.save_generator(G, paths.models / "generator.safetensors", paths.models / "generator.json", cfg, extra)
+    checkpoint.save_generator(G_ema, paths.models / "generator_ema.safetensors", None, cfg)
+    z = fixed_latents(64, cfg.z_dim, params.train.seed)
+    grid = grid_image(G_ema, z)
+    paths.plots.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(paths.plots / "samples.png")
+    _write_curves(history, paths.plots)
+    last = history[-1] if history else {}
+    speeds = [r["Speed/img_per_s"] for r in history[1:]] or [r["Speed/img_per_s"] for r in history]
+    metrics = {
+        "steps": params.train.steps, "resumed_from_step": start, "world_size": world,
+        "loss_d": last.get("Loss/D"), "loss_g": last.get("Loss/G"),
+        "d_real": last.get("D/real"), "d_fake": last.get("D/fake"),
+        "img_per_s": float(np.median(speeds)) if speeds else None,
+        "wall_seconds": round(wall, 2),
+        "tracking_lost_at": tracker.lost_at,
+    }
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    tracker.log_artifact(paths.plots / "samples.png", "samples")
+    tracker.log_artifact(paths.plots / "train_loss.png", "plots")
+    tracker.log_artifact(paths.models / "generator.json", "generator")
+    return metrics
+
+
+def _write_curves(history: list[dict], plots: Path) -> None:
+    """plots/train_loss.csv for `dvc plots`, and the same curves as a PNG that renders offline."""
+    keys = ["step", "Loss/D", "Loss/G", "D/real", "D/fake"]
+    extra = sorted({k for r in history for k in r} - set(keys))
+    with open(plots / "train_loss.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[k.replace("/", "_") for k in keys + extra])
+        w.writeheader()
+        for r in history:
+            w.writerow({k.replace("/", "_"): r.get(k, "") for k in keys + extra})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [r["step"] for r in history]
+    for k in ("Loss/D", "Loss/G"):
+        axes[0].plot(steps, [r.get(k, float("nan")) for r in history], label=k)
+    for k in ("D/real", "D/fake"):
+        axes[1].plot(steps, [r.get(k, float("nan")) for r in history], label=k)
+    for ax, title in zip(axes, ("losses", "discriminator scores"), strict=True):
+        ax.set_xlabel("generator step")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(plots / "train_loss.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Thin DVC stage entry points: parse, load params, call one library function, write declared outputs."""

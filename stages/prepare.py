@@ -1,0 +1,19 @@
+"""prepare: read the configured image source once and write the prepared uint8 arrays and meta.json."""
+
+from __future__ import annotations
+
+from pipeline import cli
+from pipeline.data import prepare
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--out", required=True, help="prepared data directory")
+    args = p.parse_args(argv)
+    params = cli.params_from(args)
+    meta = prepare(params.data, args.out)
+    print(f"prepared {params.data.dataset}: {meta['count']} images of shape {meta['shape']}, hash {meta['hash']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
