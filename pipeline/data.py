@@ -40,7 +40,7 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     out = np.empty((n, c, size, size), np.uint8)
     for i in range(0, n, 1024):  # chunks keep peak memory flat for large sets
-        x = torch.from_numpy(images[i : i + 1024]).float()
+        x = torch.tensor(images[i : i + 1024], dtype=torch.float32)
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=nh < h, align_corners=False)
         top, left = (nh - size) // 2, (nw - size) // 2
         x = x[:, :, top : top + size, left : left + size]

@@ -1,0 +1,150 @@
+"""The training loop: outputs, every loss, reproducibility, exact resume, divergence and crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_tiny, tiny_params, train_paths
+from pipeline import checkpoint, losses
+from pipeline.checkpoint import load_generator, load_weights
+from pipeline.train import DivergenceError
+
+
+def _weights(out):
+    return load_weights(out / "models" / "generator.safetensors"), load_weights(
+        out / "models" / "generator_ema.safetensors")
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_outputs(prepared_dir, tmp_path):
+    metrics = run_tiny(prepared_dir, tmp_path)
+    g, cfg = load_generator(tmp_path / "models" / "generator_ema.safetensors", tmp_path / "models" / "generator.json")
+    assert cfg["net"]["image_size"] == 16 and cfg["data_hash"] and cfg["params"]["train"]["steps"] == 12
+    assert g(torch.randn(2, 16)).shape == (2, 1, 16, 16)
+    saved = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert saved == metrics and saved["steps"] == 12 and saved["img_per_s"] > 0 and saved["world_size"] == 1
+    rows = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()
+    assert rows[0].startswith("step,Loss_D,Loss_G,D_real,D_fake")
+    assert [r.split(",")[0] for r in rows[1:]] == ["4", "6", "8", "12"]  # log every 4, grid/checkpoint every 6
+    for png in ("samples.png", "train_loss.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
+    assert json.loads((tmp_path / "run.json").read_text())["run_id"] is None  # tracking off
+
+
+@pytest.mark.parametrize("loss", ["bce", "wgan", "wgan-gp", "hinge", "lsgan"])
+def test_every_loss_trains_and_reports_its_terms(prepared_dir, tmp_path, loss):
+    params = tiny_params(train={"loss": loss, "steps": 4, "n_critic": 2, "grad_clip_norm": 1.0})
+    run_tiny(prepared_dir, tmp_path, params)
+    header = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()[0].split(",")
+    assert "Grad_norm_D" in header and "Grad_norm_G" in header
+    assert ("Loss_gradient_penalty" in header) == (loss == "wgan-gp")
+    assert ("Loss_wasserstein_estimate" in header) == (loss in ("wgan", "wgan-gp"))
+    if loss == "wgan":
+        _, cfg = load_generator(tmp_path / "models" / "generator.safetensors", tmp_path / "models" / "generator.json")
+        assert cfg["net"]["d_norm"] == "batch"
+
+
+def test_same_seed_same_generator_other_seed_differs(prepared_dir, tmp_path):
+    run_tiny(prepared_dir, tmp_path / "a")
+    run_tiny(prepared_dir, tmp_path / "b")
+    run_tiny(prepared_dir, tmp_path / "c", tiny_params(train={"seed": 1}))
+    for x, y in zip(_weights(tmp_path / "a"), _weights(tmp_path / "b"), strict=True):
+        _assert_same(x, y)
+    assert not torch.equal(_weights(tmp_path / "a")[0]["main.0.weight"], _weights(tmp_path / "c")[0]["main.0.weight"])
+
+
+def test_resumed_run_equals_uninterrupted(prepared_dir, tmp_path):
+    """Stop after 6 of 12 steps (a checkpoint), run again with 12: the result equals one 12-step run."""
+    extra = {"grad_accum_steps": 2}
+    full = tiny_params(train=extra, model={"dropout": 0.2})
+    run_tiny(prepared_dir, tmp_path / "full", full)
+    half = tiny_params(train={**extra, "steps": 6}, model={"dropout": 0.2})
+    run_tiny(prepared_dir, tmp_path / "resumed", half)
+    assert checkpoint.latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step-0000006"
+    metrics = run_tiny(prepared_dir, tmp_path / "resumed", full)
+    assert metrics["resumed_from_step"] == 6
+    for x, y in zip(_weights(tmp_path / "full"), _weights(tmp_path / "resumed"), strict=True):
+        _assert_same(x, y)
+    # The loss history carries over the interruption: same rows, same values (the speed column aside).
+    curves = [(tmp_path / d / "plots" / "train_loss.csv").read_text().splitlines() for d in ("full", "resumed")]
+    assert [r.split(",")[:7] for r in curves[0]] == [r.split(",")[:7] for r in curves[1]]
+
+
+def test_checkpoint_of_other_params_is_not_resumed(prepared_dir, tmp_path):
+    run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": 6}))
+    metrics = run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": 6, "lr_g": 1e-3}))
+    assert metrics["resumed_from_step"] == 0
+
+
+def test_a_half_written_checkpoint_is_ignored(prepared_dir, tmp_path):
+    run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": 6}))
+    ckpts = tmp_path / "checkpoints"
+    torn = ckpts / "step-0000012.tmp"  # what a crash during save_state leaves behind
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"partial")
+    assert checkpoint.latest_checkpoint(ckpts).name == "step-0000006"
+    assert run_tiny(prepared_dir, tmp_path)["resumed_from_step"] == 6
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(prepared_dir, tmp_path, monkeypatch):
+    real_g_loss = losses.g_loss
+    calls = {"n": 0}
+
+    def exploding(kind, fake):
+        calls["n"] += 1
+        out = real_g_loss(kind, fake)
+        return out * float("nan") if calls["n"] == 9 else out  # the 9th G step
+
+    monkeypatch.setattr(losses, "g_loss", exploding)
+    with pytest.raises(DivergenceError, match=r"NaN or inf at step 9; the last good checkpoint is .*step-0000006"):
+        run_tiny(prepared_dir, tmp_path)
+    assert checkpoint.latest_checkpoint(tmp_path / "checkpoints").name == "step-0000006"
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
+    """SIGKILL the stage process after its first checkpoint; re-running it must give the uninterrupted weights."""
+    params = tmp_path / "params.yaml"
+    import yaml
+
+    from conftest import TINY
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["train"].update(steps=60, checkpoint_every_steps=5, log_every_steps=5, sample_every_steps=30)
+    params.write_text(yaml.safe_dump(raw))
+
+    def cmd(out):
+        p = train_paths(prepared_dir, out)
+        return [sys.executable, "-m", "stages.train", "--params", str(params), "--prepared", str(p.prepared),
+                "--models", str(p.models), "--metrics", str(p.metrics), "--plots", str(p.plots),
+                "--run-file", str(p.run_file), "--checkpoints", str(p.checkpoints)]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(cmd(tmp_path / "full"), cwd=REPO, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "models").exists(), "the run finished before it could be killed"
+    out = subprocess.run(cmd(tmp_path / "killed"), cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert "resuming from" in out.stdout + out.stderr
+    for x, y in zip(_weights(tmp_path / "full"), _weights(tmp_path / "killed"), strict=True):
+        _assert_same(x, y)
