@@ -57,14 +57,14 @@ class ModelConfig:
     d_channels: int = spec(32, ge=1, doc="width of D's first layer (ndf)")
     d_norm: str = spec("auto", choices=("auto", "batch", "instance", "layer", "none"),
                        doc="auto = batch, except layer norm for wgan-gp")
-    dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
+    dropout: float = spec(0.3, ge=0.0, le=0.9, doc="dropout in D (regularises D on small sets)")
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
-    steps: int = spec(1200, ge=1, doc="generator updates")
+    steps: int = spec(1500, ge=1, doc="generator updates")
     batch_size: int = spec(64, ge=1, doc="global batch, split across processes")
     seed: int = spec(0, ge=0)
     lr_g: float = spec(2e-4, gt=0.0)
@@ -80,6 +80,10 @@ class TrainConfig:
     ema_halflife_steps: float = spec(50.0, ge=0.0, doc="0 = no EMA (the EMA copy equals G)")
     mixed_precision: str = spec("bf16", choices=("no", "fp16", "bf16"))
     channels_last: bool = spec(True)
+    reuse_fake: bool = spec(True, doc="the G step trains on the last D update's fakes, as the DCGAN reference does "
+                                      "(one G forward less per step); false = fresh z. Only with grad_accum_steps 1")
+    cuda_graphs: bool = spec(False, doc="replay each step as a CUDA graph: one process, grad_accum_steps 1, no fp16; "
+                                        "off CUDA the same code runs eagerly")
     log_every_steps: int = spec(50, ge=1)
     sample_every_steps: int = spec(300, ge=1)
     checkpoint_every_steps: int = spec(300, ge=1)
@@ -93,13 +97,15 @@ class EvalConfig:
     num_samples: int = spec(2000, ge=2)
     extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "classifier"),
                           doc="auto = classifier for labelled 1-channel sets, inception otherwise")
-    inception_weights: str | None = spec(None, doc="local pt_inception-2015-12-05 weights file")
+    inception_weights: str | None = spec(None, doc="local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's "
+                                               "Inception-v3); null = download on first use")
     weights: str = spec("ema", choices=("ema", "last", "best"))
     batch_size: int = spec(250, ge=1)
     kid_subset_size: int = spec(200, ge=2)
     seed: int = spec(0, ge=0)
     train_fid_samples: int = spec(500, ge=2)
     classifier_steps: int = spec(600, ge=1)
+    classifier_seed: int = spec(0, ge=0, doc="the in-domain classifier's own seed, apart from eval.seed")
     download_timeout_seconds: float = spec(20.0, gt=0.0)
 
 
@@ -108,6 +114,7 @@ class ExportConfig:
     model_name: str = spec("dcgan-digits")
     onnx: bool = spec(True)
     promote_metric: str = spec("fid", choices=("fid",))
+    weights: str = spec("ema", choices=("ema", "last", "best"), doc="which generator to ship; must equal eval.weights")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ warning, so a lost server costs seconds, never hours; metrics still land in metr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,120 @@ class Tracker:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+# Model registry.
+# Every call into MLflow's model registry lives here; the rule that decides promotion is pure and lives in
+# pipeline/registry.py. These functions take the tracking URI explicitly and raise TrackingError on failure:
+# the export stage exists to register, so a failure there must stop it rather than be logged and skipped.
+
+CHAMPION = "champion"
+PREVIOUS_TAG = "previous_champion"  # on each champion: the version it replaced, so rollback can walk back
+
+
+def _mlflow(uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def _registry_call(what: str) -> Iterator[None]:
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any client failure: say what was being done
+        raise TrackingError(f"{what} failed: {type(e).__name__}: {_first_line(e)}") from e
+
+
+def _version_dict(mv, aliases: list[str]) -> dict:
+    return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags), "aliases": aliases}
+
+
+def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[str, str], z_dim: int,
+                     image_hwc: tuple[int, int, int], pip_requirements: list[str], name: str = "generator") -> str:
+    """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI."""
+    if not tracker.active:
+        raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off or was lost)")
+    mlflow = _mlflow(tracker.cfg.uri)
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    # Unnamed tensor specs: the pyfunc receives a plain ndarray, and REST accepts {"inputs": [[...], ...]}.
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, z_dim))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_hwc))]))
+    example = np.zeros((2, z_dim), np.float32)  # batch >= 2, see STACK-NOTES; the pt2 batch is dynamic anyway
+    with _registry_call("logging the pyfunc model"), mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,
+                                       signature=signature, input_example=example, pip_requirements=pip_requirements)
+    return info.model_uri
+
+
+def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register `model_uri` as a new version of `name` (created if needed); return the version number."""
+    mlflow = _mlflow(uri)
+    with _registry_call(f"registering {model_uri} as {name}"):
+        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return str(mv.version)
+
+
+def model_version(uri: str, name: str, version: str | None = None) -> dict | None:
+    """{version, run_id, tags, aliases} of one version, or of the champion when `version` is None; None if absent."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    with _registry_call(f"reading {name} from the registry at {uri}"):
+        try:
+            mv = (client.get_model_version_by_alias(name, CHAMPION) if version is None
+                  else client.get_model_version(name, str(version)))
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+    return _version_dict(mv, list(mv.aliases))
+
+
+def list_versions(uri: str, name: str) -> list[dict]:
+    """Every version of `name`, oldest first, as `model_version` dicts."""
+    client = _client(uri)
+    with _registry_call(f"listing {name} at {uri}"):
+        found = client.search_model_versions(f"name = '{name}'")
+        # Search results leave `aliases` empty; the registered model holds the alias -> version map.
+        aliases = client.get_registered_model(name).aliases if found else {}
+    return sorted((_version_dict(mv, sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
+                   for mv in found), key=lambda v: int(v["version"]))
+
+
+def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    client = _client(uri)
+    with _registry_call(f"tagging {name} v{version}"):
+        for k, v in tags.items():
+            client.set_model_version_tag(name, str(version), k, str(v))
+
+
+def move_champion(uri: str, name: str, version: str, previous: str | None) -> None:
+    """Point the champion alias at `version`, remembering the version it replaces (for rollback)."""
+    client = _client(uri)
+    with _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}"):
+        if previous is not None and previous != str(version):
+            client.set_model_version_tag(name, str(version), PREVIOUS_TAG, previous)
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+
+
+def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
+    """An MLflow pyfunc model (models:/NAME@champion, runs:/ID/generator, or a local model directory)."""
+    import mlflow
+
+    if tracking_uri:
+        _mlflow(tracking_uri)
+    with _registry_call(f"loading {model_uri} from {mlflow.get_tracking_uri()}"):
+        return mlflow.pyfunc.load_model(model_uri)

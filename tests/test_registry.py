@@ -1,0 +1,226 @@
+"""The export stage registers the generator; the champion alias moves only on a comparable, better FID; the
+champion loads, generates and serves from anywhere. MLflow lives in a sqlite store under tmp, never the repo's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from export_helpers import DATA_HASH, EXTRACTOR, NET, params_for, save_models, start_run, write_eval
+
+from pipeline import export, generate, registry, tracking
+from pipeline.nets import to_uint8
+
+NAME = "tiny-gan"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tags(fid: float | None, extractor: str = EXTRACTOR, samples: int = 200, data: str = DATA_HASH) -> dict:
+    tags = {registry.TAG_EXTRACTOR: extractor, registry.TAG_SAMPLES: str(samples), registry.TAG_EVAL_DATA: data}
+    if fid is not None:
+        tags[registry.METRIC_TAG_PREFIX + "frechet_inception_distance"] = repr(fid)
+    return tags
+
+
+# The rule, pure.
+@pytest.mark.parametrize("new, promote, says", [
+    (_tags(40.0), True, "beats champion v1's 50"),
+    (_tags(60.0), False, "does not beat"),
+    (_tags(50.0), False, "does not beat"),  # a tie keeps the champion
+    (_tags(1.0, extractor="inception-v3-compat"), False, "different feature extractors"),
+    (_tags(1.0, samples=10000), False, "different sample counts"),
+    (_tags(1.0, data="other"), False, "different reference data hash"),
+    (_tags(None), False, "no finite frechet_inception_distance"),
+    (_tags(float("nan")), False, "no finite frechet_inception_distance"),
+])
+def test_decide(new, promote, says):
+    decision = registry.decide({"version": "2", "tags": new}, {"version": "1", "tags": _tags(50.0)})
+    assert decision.promote is promote
+    assert says in decision.reason
+
+
+def test_first_model_is_promoted_even_without_fid():
+    assert registry.decide({"version": "1", "tags": _tags(None)}, None).promote
+
+
+# The stage and the registry.
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    g = save_models(root / "models")
+    params = params_for(root, onnx=True, model_name=NAME)
+    (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
+    ns = SimpleNamespace(root=root, g=g, params=params, uri=params.tracking.uri)
+    ns.record, ns.out = run_stage(ns, fid=50.0, out="export1")
+    yield ns
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def run_stage(ns, fid: float, out: str, **eval_kw) -> tuple[dict, str]:
+    """One pipeline run (new MLflow run, eval.json), then `python -m stages.export` as DVC runs it."""
+    run_file = ns.root / f"{out}-run.json"
+    start_run(ns.params, ns.root, run_file)
+    eval_json = write_eval(ns.root / f"{out}-eval.json", fid, **eval_kw)
+    cmd = [sys.executable, "-m", "stages.export", "--params", str(ns.root / "params.yaml"), "--models",
+           str(ns.root / "models"), "--eval", str(eval_json), "--run-file", str(run_file), "--out", str(ns.root / out),
+           "--metrics", str(ns.root / f"{out}.json")]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((ns.root / out / "registry.json").read_text()), done.stdout
+
+
+def _expected(g, z: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return to_uint8(g(torch.from_numpy(z))).permute(0, 2, 3, 1).numpy()
+
+
+def test_first_export_is_registered_tagged_and_champion(env):
+    assert env.record["registered"] and env.record["promoted"] and env.record["champion_version"] == "1"
+    assert "first model" in env.record["reason"]
+    champion = tracking.model_version(env.uri, NAME)
+    tags = champion["tags"]
+    assert champion["version"] == env.record["version"] and champion["aliases"] == ["champion"]
+    assert tags[registry.TAG_RUN] == json.loads((env.root / "export1-run.json").read_text())["run_id"]
+    assert tags[registry.TAG_DATA] == DATA_HASH and len(tags[registry.TAG_COMMIT]) >= 7
+    assert float(tags["eval.frechet_inception_distance"]) == 50.0 and tags[registry.TAG_EXTRACTOR] == EXTRACTOR
+    for name in ("generator.safetensors", "generator.json", "generator.pt2", "generator.onnx"):
+        assert f"export: {name}" in env.out and (env.root / "export1" / name).exists()
+    assert "wall time" in env.out and "is now the champion" in env.out
+
+
+def test_worse_export_stays_registered_without_the_alias(env, capsys):
+    run_file = env.root / "export2-run.json"
+    start_run(env.params, env.root, run_file)
+    paths = export.ExportPaths(models=env.root / "models", eval_json=write_eval(env.root / "export2-eval.json", 60.0),
+                               run_file=run_file, out=env.root / "export2", metrics=env.root / "export2.json")
+    export.run_export(env.params, paths)  # in-process: the stage's command line is covered by the fixture's run
+    record, out = json.loads((paths.out / "registry.json").read_text()), capsys.readouterr().out
+    assert record["registered"] and not record["promoted"] and record["champion_version"] == env.record["version"]
+    version = tracking.model_version(env.uri, NAME, record["version"])
+    assert version["aliases"] == [] and version["tags"][registry.TAG_DECISION].startswith("not promoted: ")
+    assert "NOT promoted" in out and "does not beat" in out
+
+
+def test_champion_moves_only_on_comparable_better_fid(env):
+    name = "rule-test"
+    order = [(_tags(50.0), "1"), (_tags(40.0), "2"), (_tags(45.0), "2"), (_tags(1.0, extractor="inception-v3-compat"), "2"),
+             (_tags(1.0, samples=5000), "2")]
+    for tags, champion_after in order:
+        version = tracking.register_version(env.uri, name, env.record["model_uri"], tags)
+        decision = registry.apply_rule(env.uri, name, version)
+        assert tracking.model_version(env.uri, name)["version"] == champion_after, decision.reason
+    assert "feature extractor" in tracking.model_version(env.uri, name, "4")["tags"][registry.TAG_DECISION]
+    assert "sample count" in tracking.model_version(env.uri, name, "5")["tags"][registry.TAG_DECISION]
+
+
+def test_promote_and_rollback_by_hand(env, capsys):
+    name = "cli-test"
+    for fid in (50.0, 40.0, 45.0):  # v2 wins, v3 loses
+        registry.apply_rule(env.uri, name, tracking.register_version(env.uri, name, env.record["model_uri"], _tags(fid)))
+    base = ["--name", name, "--tracking-uri", env.uri]
+    steps = [(["promote", "3"], "3"), (["rollback"], "2"), (["rollback"], "1")]
+    for argv, champion in steps:
+        registry.main(base + argv)
+        assert tracking.model_version(env.uri, name)["version"] == champion
+    with pytest.raises(registry.RegistryError, match="no earlier champion"):
+        registry.main(base + ["rollback"])
+    with pytest.raises(registry.RegistryError, match="no version 9"):
+        registry.main(base + ["promote", "9"])
+    registry.main(base + ["show"])
+    shown = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in shown.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])}
+    assert rows["1"][1] == "champion" and rows["2"][1] != "champion" and rows["3"][1] != "champion"
+    assert "rolled back from v3 to v2" in shown
+
+
+def test_generate_from_registry_and_run(env, tmp_path):
+    z = generate.latents(6, NET.z_dim, seed=11).numpy()
+    images = generate.generate(f"models:/{NAME}@champion", tmp_path / "reg", n=6, seed=11, tracking_uri=env.uri)
+    assert images.dtype == np.uint8 and np.array_equal(images, _expected(env.g, z))
+    assert (tmp_path / "reg" / "grid.png").exists()
+    run_id = env.record["run_id"]
+    from_run = generate.generate(f"runs:/{run_id}/generator", tmp_path / "run", n=6, seed=11, tracking_uri=env.uri)
+    assert np.array_equal(from_run, images)
+
+
+def _fresh_env(env) -> dict:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_"))}
+    return {**keep, "MLFLOW_TRACKING_URI": env.uri}
+
+
+def test_champion_loads_in_a_fresh_directory_without_the_repo(env, tmp_path):
+    z = generate.latents(3, NET.z_dim, seed=5).numpy()
+    np.save(tmp_path / "z.npy", z)
+    code = ("import sys, numpy as np, mlflow\n"
+            f"assert {str(REPO)!r} not in [str(__import__('pathlib').Path(p).resolve()) for p in sys.path]\n"
+            "try:\n    import pipeline\n    sys.exit('pipeline is importable')\nexcept ImportError:\n    pass\n"
+            f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
+            "np.save('out.npy', m.predict(np.load('z.npy')))\n")
+    subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=_fresh_env(env), check=True, timeout=300)
+    out = np.load(tmp_path / "out.npy")
+    assert out.shape == (3, 16, 16, 1) and np.array_equal(out, _expected(env.g, z))
+
+
+@pytest.mark.slow
+def test_serve_answers_a_rest_request(env, tmp_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
+           "local", "-h", "127.0.0.1", "-p", str(port)]
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_fresh_env(env), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/ping", proc, seconds=180)
+        z = generate.latents(2, NET.z_dim, seed=3).numpy()
+        body = json.dumps({"inputs": z.tolist()}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            images = np.asarray(json.loads(resp.read())["predictions"])
+        assert images.shape == (2, 16, 16, 1) and images.min() >= 0 and images.max() <= 255
+        assert np.array_equal(images.astype(np.uint8), _expected(env.g, z))  # JSON carries the ints exactly
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    assert proc.returncode is not None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"mlflow models serve did not answer {url} within {seconds} s")
