@@ -15,11 +15,20 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("prepared", "models", "metrics", "plots", "run-file", "checkpoints"):
         p.add_argument(f"--{name}", required=True, type=Path)
     p.add_argument("--tensorboard", type=Path, default=None)
+    p.add_argument("--classifier", type=Path, default=None, help="in-domain classifier dir (train.fid_every_steps > 0)")
     args = p.parse_args(argv)
     params = cli.params_from(args)
     paths = TrainPaths(prepared=args.prepared, models=args.models, metrics=args.metrics, plots=args.plots,
                        run_file=args.run_file, checkpoints=args.checkpoints, tensorboard=args.tensorboard)
-    train(params, paths)
+    acc = evaluator = None
+    if params.train.fid_every_steps > 0:  # FID during training, same extractor and reference stats as evaluate
+        from pipeline.metrics import MetricsError, train_fid_evaluator
+        from pipeline.train import make_accelerator
+
+        cli.register_user_error(MetricsError)
+        acc = make_accelerator(params)
+        evaluator = train_fid_evaluator(params.eval, args.prepared, args.classifier, dist=acc)
+    train(params, paths, accelerator=acc, evaluator=evaluator)
 
 
 if __name__ == "__main__":

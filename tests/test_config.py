@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
+
 from pipeline.config import ParamsError, load_params, parse_params
 
 

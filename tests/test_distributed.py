@@ -12,9 +12,8 @@ import sys
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import REPO, TINY, free_port
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 

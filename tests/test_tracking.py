@@ -12,8 +12,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from conftest import free_port, run_tiny, tiny_params
+
 from pipeline.config import TrackingConfig
 from pipeline.tracking import Tracker, TrackingError
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, run_tiny, tiny_params, train_paths
+
 from pipeline import checkpoint, losses
 from pipeline.checkpoint import load_generator, load_weights
 from pipeline.train import DivergenceError
@@ -120,7 +120,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
     """SIGKILL the stage process after its first checkpoint; re-running it must give the uninterrupted weights."""
     params = tmp_path / "params.yaml"
     import yaml
-
     from conftest import TINY
 
     raw = {k: dict(v) for k, v in TINY.items()}

@@ -1,0 +1,123 @@
+"""The evaluate stage's work: score the trained generator with IS/FID/KID/PRC (pipeline.metrics: Salimans et al.
+2016; Heusel et al. 2017; Bińkowski et al. 2018; Kynkäänniemi et al. 2019), write metrics/eval.json, log the same
+values to the pipeline's MLflow run, and save a sample grid of the scored samples.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.checkpoint import WeightsError, load_generator
+from pipeline.config import Params
+from pipeline.data import read_meta
+from pipeline.metrics import MetricsError, latents, make_scorer
+from pipeline.nets import Generator, to_uint8
+from pipeline.tracking import Tracker
+
+WEIGHTS_FILES = {"ema": "generator_ema.safetensors", "last": "generator.safetensors",
+                 "best": "generator_best.safetensors"}
+CONFIG_FILE = "generator.json"  # shared by all three weights files
+GRID_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class EvalPaths:
+    """Every path the evaluate stage reads or writes; the stage spells them once, as dvc.yaml does."""
+
+    prepared: Path
+    models: Path
+    classifier: Path
+    run_file: Path
+    metrics: Path
+    plots: Path
+
+
+def load_scored_generator(models: Path, weights: str, meta: dict) -> tuple[Generator, dict]:
+    """eval.weights (ema | last | best) -> G in eval mode and its generator.json, checked against the data."""
+    path = models / WEIGHTS_FILES[weights]
+    if not path.exists():
+        hint = ("train writes it only when train.fid_every_steps > 0" if weights == "best"
+                else "run the train stage first (dvc repro train)")
+        raise WeightsError(f"eval.weights={weights}: generator file {path} not found; {hint}")
+    G, cfg = load_generator(path, models / CONFIG_FILE)
+    trained_on = cfg.get("data_hash")
+    if trained_on is not None and trained_on != meta["hash"]:
+        raise MetricsError(f"{path} was trained on data {trained_on}, but the prepared data is {meta['hash']}: "
+                           "rerun the train stage")
+    if [G.cfg.channels, G.cfg.image_size, G.cfg.image_size] != list(meta["shape"]):
+        raise MetricsError(f"{path} makes {G.cfg.channels}x{G.cfg.image_size}x{G.cfg.image_size} images, but the "
+                           f"prepared data is {'x'.join(map(str, meta['shape']))}: rerun the train stage")
+    return G, cfg
+
+
+def save_grid(generator: nn.Module, z: torch.Tensor, path: Path) -> np.ndarray:
+    """The samples of z, quantised as scored, as one (H, W, 3) uint8 PNG."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    with torch.no_grad():
+        imgs = to_uint8(generator(z.to(next(generator.parameters()).device))).cpu()
+    grid = make_grid(imgs, nrow=8, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return grid
+
+
+def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
+    """Collective under `accelerate launch`: every process generates and embeds its share; the main process scores,
+    writes metrics/eval.json and the grid, and logs to MLflow. Returns the eval.json content (empty elsewhere)."""
+    from accelerate import Accelerator
+
+    ec = params.eval
+    dist = dist if dist is not None else Accelerator()  # reads `accelerate launch`'s settings (PartialState alone
+    # ignores ACCELERATE_USE_CPU, and two CPU processes would each run the whole evaluation)
+    meta = read_meta(paths.prepared)
+    G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
+    t0 = time.perf_counter()
+    scorer = make_scorer(ec, paths.prepared, paths.classifier, dist=dist)
+    G.to(dist.device)
+    feats = scorer.generator_features(G, ec.num_samples, ec.seed)
+    lo, hi = dist.process_index * ec.num_samples // dist.num_processes, \
+        (dist.process_index + 1) * ec.num_samples // dist.num_processes
+    print(f"evaluate: rank {dist.process_index} of {dist.num_processes} generated and embedded samples "
+          f"[{lo}, {hi}) of {ec.num_samples}", file=sys.stderr, flush=True)
+    report: dict = {}
+    if dist.is_main_process:
+        name = scorer.extractor.name
+        results = scorer.score(feats)
+        report = {name: results, "eval_info": {"extractor": name, "num_samples": ec.num_samples,
+                                               "weights": ec.weights, "data_hash": meta["hash"]}}
+        paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+        paths.metrics.write_text(json.dumps(report, indent=2) + "\n")
+        grid_path = paths.plots / "samples.png"
+        save_grid(G, latents(ec.num_samples, G.cfg.z_dim, ec.seed)[:GRID_SAMPLES], grid_path)
+        wall = time.perf_counter() - t0
+        print(f"evaluate: {name} on {ec.num_samples} samples ({ec.weights} weights), {dist.num_processes} "
+              f"process(es), {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+        _log(params, paths, gcfg, report, grid_path, dist.num_processes, wall)
+    dist.wait_for_everyone()
+    return report
+
+
+def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: Path, world: int,
+         wall: float) -> None:
+    """The same values into the pipeline's MLflow run, as eval/<extractor>/<torch-fidelity key>."""
+    name = report["eval_info"]["extractor"]
+    tracker = Tracker.resume(params.tracking, paths.run_file)
+    step = int(gcfg.get("params", {}).get("train", {}).get("steps", 0))  # the trained generator's step
+    try:
+        tracker.log_metrics({f"eval/{name}/{k}": v for k, v in report[name].items()}, step=step)
+        tracker.log_artifact(grid_path, "eval")
+        tracker.log_dict(report, "eval/eval.json")
+        tracker.set_tags({"eval.world_size": world, "eval.wall_seconds": round(wall, 1)})
+    finally:
+        tracker.close()
