@@ -184,25 +184,38 @@ class BatchSampler:
     indices, and rank r takes its contiguous slice. Resuming at batch i needs no saved state.
     """
 
-    def __init__(self, images: torch.Tensor, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, images: torch.Tensor, global_batch: int, seed: int, rank: int = 0, world: int = 1,
+                 device: torch.device | str | None = None):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
         if len(images) < global_batch:
             raise DataError(f"the training split has {len(images)} images, fewer than one batch ({global_batch})")
         self.images, self.global_batch, self.seed = images, global_batch, seed
         self.per_rank, self.rank = global_batch // world, rank
+        self.device = torch.device(device) if device is not None else images.device  # where batches are returned
         self._perm_epoch, self._perm = -1, None
 
     def _order(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=g).to(self.images.device)
+            perm = torch.randperm(len(self.images), generator=g)  # drawn on the CPU: the same order on any device
+            if self.images.device.type == "cuda":
+                perm = perm.pin_memory()  # copied without a host sync at the epoch boundary
+            self._perm = perm.to(self.images.device, non_blocking=True)
             self._perm_epoch = epoch
         return self._perm
 
-    def batch(self, index: int) -> torch.Tensor:
-        """Global batch `index` -> this rank's uint8 slice (B/world, C, H, W). Epochs drop their last partial batch."""
+    def batch(self, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Global batch `index` -> this rank's uint8 slice (B/world, C, H, W). Epochs drop their last partial batch.
+
+        `out`, when given, receives the batch (a static buffer for CUDA graphs). Images kept in host memory (a set
+        too large for the device) are gathered there and copied to `device`.
+        """
         per_epoch = len(self.images) // self.global_batch
         epoch, pos = divmod(index, per_epoch)
         start = pos * self.global_batch + self.rank * self.per_rank
-        return self.images[self._order(epoch)[start : start + self.per_rank]]
+        idx = self._order(epoch)[start : start + self.per_rank]
+        if out is not None and out.device == self.images.device:
+            return torch.index_select(self.images, 0, idx, out=out)  # one gather, straight into the buffer
+        batch = self.images[idx].to(self.device)
+        return batch if out is None else out.copy_(batch)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,9 +25,9 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint, losses
-from pipeline.config import Params
+from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, load_split, read_meta
-from pipeline.nets import NetConfig, build, from_uint8, to_uint8
+from pipeline.nets import NetConfig, build, to_uint8
 from pipeline.tracking import Tracker
 
 
@@ -85,6 +86,18 @@ class Stats:
         return out
 
 
+class _GraphStats:
+    """Stands in for `Stats` while a CUDA graph is captured: keeps the graph's static output tensors by name."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.values: list[torch.Tensor] = []
+
+    def report(self, name: str, value: torch.Tensor) -> None:
+        self.names.append(name)
+        self.values.append(value.detach().float().reshape(()))
+
+
 class EMA(nn.Module):
     """Exponential moving average of G's parameters; buffers (BatchNorm statistics) are copied."""
 
@@ -99,8 +112,7 @@ class EMA(nn.Module):
     def update(self, model: nn.Module) -> None:
         ema_p, p = list(self.module.parameters()), [q.float() for q in model.parameters()]
         torch._foreach_lerp_(ema_p, p, 1.0 - self.beta)
-        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))  # one launch, not one per buffer
 
 
 def grid_image(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
@@ -118,63 +130,148 @@ def grid_image(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else \
-        torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
 class GANStep:
     """Networks, optimisers, batch sampler and one training step; `train()` adds ticks around it.
 
-    The benchmark times exactly this object, so its figures are the train stage's.
+    The benchmark times exactly this object, so its figures are the train stage's. With `train.cuda_graphs` on a
+    CUDA device, each step runs as one captured CUDA graph per penalty pattern (static input buffers, capturable
+    Adam, autocast without its weight cache); elsewhere the same code runs eagerly through the same buffers.
     """
 
+    GRAPH_WARMUP_STEPS = 2  # eager steps (on a side stream) per graph before it is captured
+
     def __init__(self, params: Params, acc, images: torch.Tensor, channels: int):
+        from accelerate.utils import AutocastKwargs
+
         tc = self.tc = params.train
         self.acc, self.device = acc, acc.device
         self.cfg = cfg = net_config(params, channels)
+        self.static = tc.cuda_graphs  # inputs through static buffers; captured as graphs on CUDA only
+        self.capture = tc.cuda_graphs and self.device.type == "cuda"
+        if tc.cuda_graphs:
+            self._check_graphable(tc, acc.num_processes)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         G, D = build(cfg)
         self.fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once (as the DCGAN example)
         G, D = G.to(self.device, memory_format=self.fmt), D.to(self.device, memory_format=self.fmt)
         self.ema = EMA(G, tc.ema_halflife_steps)
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        # Fused Adam: one kernel per step for all tensors, on CUDA and on the CPU; capturable inside CUDA graphs.
+        fused = {"fused": True, "capturable": self.capture} if self.device.type in ("cuda", "cpu") else {}
         opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2), **fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), **fused)
         self.G, self.D, self.opt_g, self.opt_d = acc.prepare(G, D, opt_g, opt_d)
-        self.G_plain, self.D_plain = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
-        # Data: the whole prepared split, resident on the device, drawn by index (global micro-batches).
+        # Accelerate wraps each prepared forward in autocast; drop that wrapper. The step autocasts explicitly, and
+        # the gradient penalty must run in float32 (under the wrapper it silently ran in bf16/fp16).
+        self.G_plain = acc.unwrap_model(self.G, keep_fp32_wrapper=False)
+        self.D_plain = acc.unwrap_model(self.D, keep_fp32_wrapper=False)
+        # No autocast weight cache on CUDA: graphs need that, and eager then computes exactly what the graphs do
+        # (a weight used twice gets its two gradients summed in fp32, not in bf16).
+        self.autocast_kwargs = AutocastKwargs(cache_enabled=False) if self.device.type == "cuda" else None
+        # The G step trains on the fakes of the last D update (as the DCGAN reference does): one G forward less.
+        self.reuse_fake = tc.reuse_fake and tc.grad_accum_steps == 1
+        # Data: the whole prepared split, resident on the device when it fits, drawn by index (global micro-batches).
         micro_batch = tc.batch_size // tc.grad_accum_steps
-        self.sampler = BatchSampler(images.to(self.device), micro_batch, seed=tc.seed,
-                                    rank=acc.process_index, world=acc.num_processes)
+        self.sampler = BatchSampler(self._place(images, self.device), micro_batch, seed=tc.seed,
+                                    rank=acc.process_index, world=acc.num_processes, device=self.device)
         self.per_rank = micro_batch // acc.num_processes
-        self.stats = Stats()
+        self.stats: Stats | _GraphStats = Stats()
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
+        self._done = torch.zeros((), dtype=torch.long, device=self.device)  # step + 1 of the running step
+        if self.static:
+            self._real_u8 = torch.empty((tc.n_critic, self.per_rank, *images.shape[1:]), dtype=torch.uint8,
+                                        device=self.device)
+            self._graphs: dict[tuple[bool, ...], tuple] = {}
+            self._warm: dict[tuple[bool, ...], int] = defaultdict(int)
 
-    def _real(self, index: int) -> torch.Tensor:
-        return from_uint8(self.sampler.batch(index)).contiguous(memory_format=self.fmt)
+    @staticmethod
+    def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The split on the device when it takes at most half of the device's free memory; else it stays on the
+        host and each batch is copied over."""
+        if device.type == "cuda" and images.nbytes > torch.cuda.mem_get_info(device)[0] // 2:
+            print(f"WARNING: the training split ({images.nbytes / 2**30:.1f} GiB) does not fit on {device}; it stays "
+                  "in host memory and every batch is copied over", file=sys.stderr)
+            return images
+        return images.to(device)
+
+    def _float(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float in [-1, 1], in the networks' memory format (as `from_uint8`, fewer copies)."""
+        return images_u8.to(torch.float32, memory_format=self.fmt).div_(127.5).sub_(1.0)
 
     def _noise(self) -> torch.Tensor:
         return torch.randn(self.per_rank, self.cfg.z_dim, device=self.device)
 
+    def _autocast(self):
+        return self.acc.autocast(autocast_handler=self.autocast_kwargs)
+
     def __call__(self, step: int) -> None:
         """Generator update `step` (0-based) with its n_critic critic updates, then the EMA."""
-        tc, acc, D, G_plain, D_plain, stats = self.tc, self.acc, self.D, self.G_plain, self.D_plain, self.stats
-        torch.manual_seed(step_seed(tc.seed, step, acc.process_index))
+        tc = self.tc
+        torch.manual_seed(step_seed(tc.seed, step, self.acc.process_index))
+        self._done.fill_(step + 1)
+        # Which of this step's D updates carry the lazy gradient penalty (every gp_every D updates).
+        gp_at = tuple(tc.loss == "wgan-gp" and tc.gp_weight > 0 and (step * tc.n_critic + j) % tc.gp_every == 0
+                      for j in range(tc.n_critic))
+        if not self.static:
+            self._iteration(gp_at, lambda j, m: self._float(self.sampler.batch(
+                (step * tc.n_critic + j) * tc.grad_accum_steps + m)))
+            return
+        for j in range(tc.n_critic):  # grad_accum_steps is 1 here
+            self.sampler.batch(step * tc.n_critic + j, out=self._real_u8[j])
+        self._static_step(gp_at)
 
+    def _static_real(self, j: int, m: int) -> torch.Tensor:
+        return self._float(self._real_u8[j])
+
+    def _static_step(self, gp_at: tuple[bool, ...]) -> None:
+        """Eager warm-up steps, then capture once per penalty pattern, then replay; off CUDA, always eager."""
+        if not self.capture:
+            return self._iteration(gp_at, self._static_real)
+        entry = self._graphs.get(gp_at)
+        if entry is None and self._warm[gp_at] < self.GRAPH_WARMUP_STEPS:
+            self._warm[gp_at] += 1
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._iteration(gp_at, self._static_real)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return
+        if entry is None:
+            graph, stats, self.stats = torch.cuda.CUDAGraph(), self.stats, _GraphStats()
+            try:
+                with torch.cuda.graph(graph):
+                    self._iteration(gp_at, self._static_real)
+                entry = self._graphs[gp_at] = (graph, self.stats.names, self.stats.values)
+            finally:
+                self.stats = stats
+        graph, names, values = entry
+        graph.replay()  # capture recorded the work; this runs it
+        snapshot = torch.stack(values)  # the next replay overwrites the graph's outputs
+        for i, name in enumerate(names):
+            self.stats.report(name, snapshot[i])
+
+    def _iteration(self, gp_at: tuple[bool, ...], real: Callable[[int, int], torch.Tensor]) -> None:
+        """One step's work; `real(j, m)` gives micro-batch m of D update j."""
+        tc, acc, D, G, G_plain, D_plain, stats = (self.tc, self.acc, self.D, self.G, self.G_plain, self.D_plain,
+                                                  self.stats)
         # D step(s): n_critic updates, each over grad_accum_steps micro-batches.
         for j in range(tc.n_critic):
-            d_update = step * tc.n_critic + j
+            keep = self.reuse_fake and j == tc.n_critic - 1  # the G step trains on these fakes
             for m in range(tc.grad_accum_steps):
-                real = self._real(d_update * tc.grad_accum_steps + m)
+                x = real(j, m)
                 with acc.accumulate(D):
-                    with torch.no_grad(), acc.autocast():
-                        fake = G_plain(self._noise())
-                    with acc.autocast():
-                        s_real, s_fake = D(real), D(fake)
+                    with torch.set_grad_enabled(keep), self._autocast():
+                        fake = (G if keep else G_plain)(self._noise())
+                    with self._autocast():
+                        s_real, s_fake = D(x), D(fake.detach())
                     loss_d = losses.d_loss(tc.loss, s_real, s_fake)
                     # Gradient penalty, lazily every gp_every D updates, weighted by gp_every.
-                    if tc.loss == "wgan-gp" and tc.gp_weight > 0 and d_update % tc.gp_every == 0:
-                        gp = losses.gradient_penalty(D_plain, real, fake)
+                    if gp_at[j]:
+                        gp = losses.gradient_penalty(D_plain, x, fake)
                         loss_d = loss_d + tc.gp_weight * tc.gp_every * gp
                         stats.report("Loss/gradient_penalty", gp)
                     self._backward_step(loss_d, D, self.opt_d, "Grad/norm_D")
@@ -189,15 +286,14 @@ class GANStep:
         # G step: D is frozen and called unwrapped, so no gradient reaches it or its DDP hooks.
         D_plain.requires_grad_(False)
         for _ in range(tc.grad_accum_steps):
-            with acc.accumulate(self.G):
-                with acc.autocast():
-                    loss_g = losses.g_loss(tc.loss, D_plain(self.G(self._noise())))
-                self._backward_step(loss_g, self.G, self.opt_g, "Grad/norm_G")
+            with acc.accumulate(G):
+                with self._autocast():
+                    loss_g = losses.g_loss(tc.loss, D_plain(fake if self.reuse_fake else G(self._noise())))
+                self._backward_step(loss_g, G, self.opt_g, "Grad/norm_G")
         D_plain.requires_grad_(True)
         stats.report("Loss/G", loss_g)
         bad = ~torch.isfinite(loss_d.detach() + loss_g.detach())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step + 1),
-                                     self.first_bad)
+        self.first_bad.copy_(torch.where(bad & (self.first_bad < 0), self._done, self.first_bad))
 
         # EMA.
         self.ema.update(G_plain)
@@ -205,11 +301,22 @@ class GANStep:
     def _backward_step(self, loss: torch.Tensor, model: nn.Module, opt, norm_key: str) -> None:
         self.acc.backward(loss)
         if self.acc.sync_gradients:
-            self.stats.report(norm_key, _grad_norm(model))
-            if self.tc.grad_clip_norm > 0:
-                self.acc.clip_grad_norm_(model.parameters(), self.tc.grad_clip_norm)
+            if self.tc.grad_clip_norm > 0:  # clipping returns the norm before clipping: no second pass
+                norm = self.acc.clip_grad_norm_(model.parameters(), self.tc.grad_clip_norm)
+            else:
+                norm = _grad_norm(model)
+            self.stats.report(norm_key, norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def _check_graphable(tc, world: int) -> None:
+        """train.cuda_graphs captures one process's whole step: no gradient all-reduce, accumulation or loss scaler."""
+        why = ("train.grad_accum_steps must be 1" if tc.grad_accum_steps != 1 else
+               "train.mixed_precision fp16 needs a loss scaler that syncs with the host; use bf16 or no"
+               if tc.mixed_precision == "fp16" else f"it needs a single process, got {world}" if world != 1 else "")
+        if why:
+            raise ParamsError(f"params.yaml: train.cuda_graphs=true cannot be used here: {why}")
 
 
 def make_accelerator(params: Params):
@@ -288,7 +395,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         history.append(row)
         if main:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-            acc.print(_progress_line(row, tc.steps))
+            print(_progress_line(row, tc.steps), flush=True)  # unbuffered under dvc
             if done % tc.sample_every_steps == 0 or done == tc.steps:
                 tracker.log_image(grid_image(ema.module, z_fixed), "samples/ema", done)
         if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
