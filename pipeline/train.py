@@ -26,7 +26,7 @@ from torch import nn
 
 from pipeline import checkpoint, losses
 from pipeline.config import Params, ParamsError
-from pipeline.data import BatchSampler, load_split, read_meta
+from pipeline.data import BatchSampler, DataError, load_split, read_meta
 from pipeline.nets import NetConfig, build, to_uint8
 from pipeline.tracking import Tracker
 
@@ -55,9 +55,14 @@ def net_config(params: Params, channels: int) -> NetConfig:
                      dropout=m.dropout, spectral_norm=m.spectral_norm)
 
 
+# Train params that change neither the weights nor the optimiser state: a checkpoint resumes across them.
+SCHEDULE_ONLY = ("steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                 "fid_every_steps", "cuda_graphs")
+
+
 def fingerprint(params: Params, data_hash: str) -> str:
-    """What a checkpoint must match to be resumed: data, model and train params except the step count."""
-    train = {k: v for k, v in params.to_dict()["train"].items() if k != "steps"}
+    """What a checkpoint must match to be resumed: data, model and the train params that shape the trajectory."""
+    train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
     blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -336,6 +341,9 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     acc = accelerator or make_accelerator(params)
     main, world = acc.is_main_process, acc.num_processes
     meta = read_meta(paths.prepared)
+    if meta["shape"][1] != params.data.image_size:
+        raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "
+                        f"{params.data.image_size}; run the prepare stage again (dvc repro prepare)")
     images = torch.from_numpy(np.array(load_split(paths.prepared, "train").images))
     gan = GANStep(params, acc, images, channels=meta["shape"][0])
     cfg, ema = gan.cfg, gan.ema

@@ -147,3 +147,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
     assert "resuming from" in out.stdout + out.stderr
     for x, y in zip(_weights(tmp_path / "full"), _weights(tmp_path / "killed"), strict=True):
         _assert_same(x, y)
+
+
+def test_schedule_only_changes_still_resume(prepared_dir, tmp_path):
+    run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": 6}))
+    later = tiny_params(train={"steps": 8, "log_every_steps": 2, "checkpoint_every_steps": 4})
+    assert run_tiny(prepared_dir, tmp_path, later)["resumed_from_step"] == 6
+
+
+def test_prepared_data_of_another_size_is_refused(prepared_dir, tmp_path):
+    from pipeline.data import DataError
+
+    params = tiny_params(data={"image_size": 32})
+    with pytest.raises(DataError, match=r"is 16 px but data.image_size is 32; run the prepare stage again"):
+        run_tiny(prepared_dir, tmp_path, params)
