@@ -95,6 +95,22 @@ def save_generator(generator: nn.Module, weights_path: str | Path, config_path: 
         Path(config_path).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+# The train stage's generator files by role (eval.weights / export.weights), all described by one generator.json.
+GENERATOR_FILES = {"ema": "generator_ema.safetensors", "last": "generator.safetensors",
+                   "best": "generator_best.safetensors"}
+GENERATOR_CONFIG = "generator.json"
+
+
+def load_trained_generator(models: str | Path, weights: str) -> tuple[Generator, dict]:
+    """The train stage's `weights` generator (ema | last | best) from `models`, in eval mode, with its config."""
+    path = Path(models) / GENERATOR_FILES[weights]
+    if not path.exists():
+        hint = ("train writes it only when train.fid_every_steps > 0" if weights == "best"
+                else "run the train stage first (dvc repro train)")
+        raise WeightsError(f"weights={weights}: generator file {path} not found; {hint}")
+    return load_generator(path, Path(models) / GENERATOR_CONFIG)
+
+
 def load_generator(weights_path: str | Path, config_path: str | Path) -> tuple[Generator, dict]:
     """Rebuild G from its JSON config and load its safetensors weights, in eval mode on the CPU."""
     config_path = Path(config_path)

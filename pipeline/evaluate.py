@@ -16,16 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.checkpoint import WeightsError, load_generator
+from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
 from pipeline.config import Params
 from pipeline.data import read_meta
 from pipeline.metrics import MetricsError, latents, make_scorer
 from pipeline.nets import Generator, to_uint8
 from pipeline.tracking import Tracker
 
-WEIGHTS_FILES = {"ema": "generator_ema.safetensors", "last": "generator.safetensors",
-                 "best": "generator_best.safetensors"}
-CONFIG_FILE = "generator.json"  # shared by all three weights files
 GRID_SAMPLES = 64
 
 
@@ -43,12 +40,8 @@ class EvalPaths:
 
 def load_scored_generator(models: Path, weights: str, meta: dict) -> tuple[Generator, dict]:
     """eval.weights (ema | last | best) -> G in eval mode and its generator.json, checked against the data."""
-    path = models / WEIGHTS_FILES[weights]
-    if not path.exists():
-        hint = ("train writes it only when train.fid_every_steps > 0" if weights == "best"
-                else "run the train stage first (dvc repro train)")
-        raise WeightsError(f"eval.weights={weights}: generator file {path} not found; {hint}")
-    G, cfg = load_generator(path, models / CONFIG_FILE)
+    G, cfg = load_trained_generator(models, weights)
+    path = models / GENERATOR_FILES[weights]
     trained_on = cfg.get("data_hash")
     if trained_on is not None and trained_on != meta["hash"]:
         raise MetricsError(f"{path} was trained on data {trained_on}, but the prepared data is {meta['hash']}: "

@@ -19,7 +19,6 @@ from pipeline import checkpoint, pyfunc_model, registry, tracking
 from pipeline.config import Params
 from pipeline.nets import NetConfig
 
-WEIGHT_FILES = {"ema": "generator_ema.safetensors", "last": "generator.safetensors", "best": "generator_best.safetensors"}
 # The oldest torch known to load a .pt2 written here (checked on torch 2.11 for files from 2.14).
 MIN_TORCH = "2.11"
 ONNX_ATOL = 1e-4  # ONNX Runtime reorders float sums (~3e-7 seen); the torch formats must match bit for bit
@@ -196,8 +195,7 @@ def run_export(params: Params, paths: ExportPaths) -> dict:
     """The export stage: files, verification, registration and promotion; prints timings and sizes."""
     t0 = time.perf_counter()
     summary = read_eval(paths.eval_json)
-    weights = paths.models / WEIGHT_FILES[params.export.weights]
-    generator, config = checkpoint.load_generator(weights, paths.models / "generator.json")
+    generator, config = checkpoint.load_trained_generator(paths.models, params.export.weights)
     _check_inputs(params, config, summary, paths.eval_json)
     files, onnx_skipped = export_files(generator, config, paths.out, params.export.onnx)
     t_files = time.perf_counter()

@@ -399,7 +399,8 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
             row["Eval/fid"] = fid = evaluator(ema.module)
             if main and fid < best_fid:
                 best_fid = fid
-                checkpoint.save_generator(ema.module, paths.models / "generator_best.safetensors", None, cfg)
+                checkpoint.save_generator(ema.module, paths.models / checkpoint.GENERATOR_FILES["best"], None,
+                                           cfg)
         history.append(row)
         if main:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
@@ -435,8 +436,9 @@ def _progress_line(row: dict, total: int) -> str:
 def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, world, tracker) -> dict:
     paths.models.mkdir(parents=True, exist_ok=True)
     extra = {"data_hash": meta["hash"], "classes": meta["classes"], "params": params.to_dict()}
-    checkpoint.save_generator(G, paths.models / "generator.safetensors", paths.models / "generator.json", cfg, extra)
-    checkpoint.save_generator(G_ema, paths.models / "generator_ema.safetensors", None, cfg)
+    files = checkpoint.GENERATOR_FILES
+    checkpoint.save_generator(G, paths.models / files["last"], paths.models / checkpoint.GENERATOR_CONFIG, cfg, extra)
+    checkpoint.save_generator(G_ema, paths.models / files["ema"], None, cfg)
     z = fixed_latents(64, cfg.z_dim, params.train.seed)
     grid = grid_image(G_ema, z)
     paths.plots.mkdir(parents=True, exist_ok=True)
@@ -458,7 +460,7 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
     paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_artifact(paths.plots / "samples.png", "samples")
     tracker.log_artifact(paths.plots / "train_loss.png", "plots")
-    tracker.log_artifact(paths.models / "generator.json", "generator")
+    tracker.log_artifact(paths.models / checkpoint.GENERATOR_CONFIG, "generator")
     return metrics
 
 
