@@ -82,6 +82,8 @@ class TrainConfig:
     channels_last: bool = spec(True)
     reuse_fake: bool = spec(True, doc="the G step trains on the last D update's fakes, as the DCGAN reference does "
                                       "(one G forward less per step); false = fresh z. Only with grad_accum_steps 1")
+    cpu_threads: int = spec(0, ge=0, doc="CPU runs: torch threads per process; 0 = available cores / local "
+                                         "processes (accelerate launch alone would leave 1)")
     cuda_graphs: bool = spec(False, doc="replay each step as a CUDA graph: one process, grad_accum_steps 1, no fp16; "
                                         "off CUDA the same code runs eagerly")
     log_every_steps: int = spec(50, ge=1)

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -328,7 +329,12 @@ def make_accelerator(params: Params):
     from accelerate import Accelerator
 
     tc = params.train
-    return Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum_steps)
+    acc = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum_steps)
+    if acc.device.type == "cpu":
+        # `accelerate launch` exports OMP_NUM_THREADS=1 on a machine without GPUs: one core of many would train.
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(tc.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_procs))
+    return acc
 
 
 def train(params: Params, paths: TrainPaths, accelerator=None,

@@ -161,3 +161,17 @@ def test_prepared_data_of_another_size_is_refused(prepared_dir, tmp_path):
     params = tiny_params(data={"image_size": 32})
     with pytest.raises(DataError, match=r"is 16 px but data.image_size is 32; run the prepare stage again"):
         run_tiny(prepared_dir, tmp_path, params)
+
+
+def test_cpu_threads_use_the_cores_that_accelerate_launch_leaves_out(monkeypatch):
+    from conftest import fresh_accelerator
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what `accelerate launch` exports on a CPU machine
+    before = torch.get_num_threads()
+    try:
+        fresh_accelerator(tiny_params())
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        fresh_accelerator(tiny_params(train={"cpu_threads": 1}))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
