@@ -20,7 +20,7 @@ from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
 from pipeline.config import Params
 from pipeline.data import read_meta
 from pipeline.metrics import MetricsError, latents, make_scorer
-from pipeline.nets import Generator, to_uint8
+from pipeline.nets import Generator, sample_grid
 from pipeline.tracking import Tracker
 
 GRID_SAMPLES = 64
@@ -55,11 +55,8 @@ def load_scored_generator(models: Path, weights: str, meta: dict) -> tuple[Gener
 def save_grid(generator: nn.Module, z: torch.Tensor, path: Path) -> np.ndarray:
     """The samples of z, quantised as scored, as one (H, W, 3) uint8 PNG."""
     from PIL import Image
-    from torchvision.utils import make_grid
 
-    with torch.no_grad():
-        imgs = to_uint8(generator(z.to(next(generator.parameters()).device))).cpu()
-    grid = make_grid(imgs, nrow=8, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    grid = sample_grid(generator, z)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return grid

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -122,6 +123,19 @@ def build(cfg: NetConfig) -> tuple[Generator, Discriminator]:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """tanh output in [-1, 1] -> uint8 [0, 255], the quantisation every consumer uses."""
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def sample_grid(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
+    """(N, z_dim) latents -> one (H, W, 3) uint8 grid of G's samples (in eval mode), quantised as scored."""
+    from torchvision.utils import make_grid
+
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        imgs = to_uint8(generator(z.to(next(generator.parameters()).device))).cpu()
+    generator.train(was_training)
+    grid = make_grid(imgs, nrow=int(math.sqrt(len(imgs))), padding=2, pad_value=255)  # grey -> 3 channels
+    return grid.permute(1, 2, 0).numpy()
 
 
 def from_uint8(images: torch.Tensor) -> torch.Tensor:

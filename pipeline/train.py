@@ -28,7 +28,7 @@ from torch import nn
 from pipeline import checkpoint, losses
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
-from pipeline.nets import NetConfig, build, to_uint8
+from pipeline.nets import NetConfig, build, sample_grid
 from pipeline.tracking import Tracker
 
 
@@ -119,19 +119,6 @@ class EMA(nn.Module):
         ema_p, p = list(self.module.parameters()), [q.float() for q in model.parameters()]
         torch._foreach_lerp_(ema_p, p, 1.0 - self.beta)
         torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))  # one launch, not one per buffer
-
-
-def grid_image(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
-    """(N, z_dim) -> one (H, W, C) uint8 grid, G in eval mode."""
-    from torchvision.utils import make_grid
-
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        imgs = to_uint8(generator(z.to(next(generator.parameters()).device))).cpu()
-    generator.train(was_training)
-    grid = make_grid(imgs, nrow=int(math.sqrt(len(imgs))), padding=2, pad_value=255)
-    return grid.permute(1, 2, 0).numpy()
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
@@ -412,7 +399,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
             print(_progress_line(row, tc.steps), flush=True)  # unbuffered under dvc
             if done % tc.sample_every_steps == 0 or done == tc.steps:
-                tracker.log_image(grid_image(ema.module, z_fixed), "samples/ema", done)
+                tracker.log_image(sample_grid(ema.module, z_fixed), "samples/ema", done)
         if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
             checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema,
                                        {"fingerprint": fp, "history": history, "best_fid": best_fid},
@@ -446,11 +433,11 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
     checkpoint.save_generator(G, paths.models / files["last"], paths.models / checkpoint.GENERATOR_CONFIG, cfg, extra)
     checkpoint.save_generator(G_ema, paths.models / files["ema"], None, cfg)
     z = fixed_latents(64, cfg.z_dim, params.train.seed)
-    grid = grid_image(G_ema, z)
+    grid = sample_grid(G_ema, z)
     paths.plots.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(paths.plots / "samples.png")
+    Image.fromarray(grid).save(paths.plots / "samples.png")
     _write_curves(history, paths.plots)
     last = history[-1] if history else {}
     speeds = [r["Speed/img_per_s"] for r in history[1:]] or [r["Speed/img_per_s"] for r in history]
