@@ -61,6 +61,32 @@ def run_tiny(prepared: Path, out: Path, params: Params | None = None, **kw) -> d
     return train(params, train_paths(prepared, out), accelerator=fresh_accelerator(params), **kw)
 
 
+def varied_generator(seed: int = 0):
+    """An untrained 16 px G whose samples differ from each other (DCGAN's 0.02 init gives near-identical ones)."""
+    import torch
+
+    from pipeline.nets import Generator, NetConfig
+
+    torch.manual_seed(seed)
+    g = Generator(NetConfig(z_dim=16, image_size=16, channels=1, g_channels=8))
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, torch.nn.ConvTranspose2d):
+                m.weight.normal_(0.0, 0.3)
+    return g.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convs on a shared 2-core machine: one thread is several times faster than two fighting for it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

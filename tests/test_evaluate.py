@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import varied_generator
 
 from pipeline.checkpoint import save_generator
 from pipeline.config import DataConfig, TrackingConfig
 from pipeline.data import prepare
-from pipeline.nets import Generator, NetConfig
+from pipeline.nets import NetConfig
 from pipeline.tracking import Tracker
 from stages import classifier as classifier_stage
 from stages import evaluate as evaluate_stage
@@ -27,24 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "eval.num_samples=200", "--set", "eval.kid_subset_size=100", "--set", "tracking.enabled=false"]
 INFO_KEYS = {"extractor", "num_samples", "weights", "data_hash"}
 
-
-def varied_generator(seed: int) -> Generator:
-    """An untrained G whose samples differ from each other (DCGAN's 0.02 init gives near-identical ones)."""
-    torch.manual_seed(seed)
-    g = Generator(NetConfig(z_dim=16, image_size=16, channels=1, g_channels=8))
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, torch.nn.ConvTranspose2d):
-                m.weight.normal_(0.0, 0.3)
-    return g
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import varied_generator
 
 from pipeline import classifier, metrics
 from pipeline.config import DataConfig, ParamsError, parse_params
 from pipeline.data import load_split, prepare
-from pipeline.nets import Generator, NetConfig, to_uint8
+from pipeline.nets import to_uint8
 
 KID = 100
 
@@ -23,25 +24,7 @@ KID = 100
 def eval_cfg(**over):
     return parse_params({"eval": {"kid_subset_size": KID, **over}}).eval
 
-
-def varied_generator(seed: int = 0) -> Generator:
-    """An untrained G whose samples differ from each other (DCGAN's 0.02 init gives near-identical ones)."""
-    torch.manual_seed(seed)
-    g = Generator(NetConfig(z_dim=16, image_size=16, channels=1, g_channels=8))
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, torch.nn.ConvTranspose2d):
-                m.weight.normal_(0.0, 0.3)
-    return g.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convs on a shared 2-core machine: one thread is several times faster than two fighting for it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
