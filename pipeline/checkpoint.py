@@ -30,8 +30,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(accelerator, root: str | Path, step: int, ema: nn.Module, loop_state: dict, keep: int) -> Path:
-    """Collective: every process calls this. Returns the final checkpoint directory."""
+def save_checkpoint(accelerator, root: str | Path, step: int, ema: nn.Module, loop_state: dict, keep: int,
+                    files: dict[str, Path] | None = None) -> Path:
+    """Collective: every process calls this. `files` (name -> path) are copied in when they exist.
+    Returns the final checkpoint directory."""
     root = Path(root)
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
@@ -44,6 +46,9 @@ def save_checkpoint(accelerator, root: str | Path, step: int, ema: nn.Module, lo
     if accelerator.is_main_process:
         save_file(_state(ema), str(tmp / "ema.safetensors"))
         (tmp / "loop.json").write_text(json.dumps({"step": step, **loop_state}) + "\n")
+        for name, src in (files or {}).items():
+            if Path(src).exists():
+                shutil.copy2(src, tmp / name)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _atomic_write_text(root / "latest", final.name + "\n")

@@ -56,6 +56,8 @@ def net_config(params: Params, channels: int) -> NetConfig:
                      dropout=m.dropout, spectral_norm=m.spectral_norm)
 
 
+BEST = "generator_best.safetensors"  # the best-FID generator's copy inside a checkpoint
+
 # Train params that change neither the weights nor the optimiser state: a checkpoint resumes across them.
 SCHEDULE_ONLY = ("steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                  "fid_every_steps", "cuda_graphs")
@@ -343,11 +345,15 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
 
     # Resume, when a checkpoint of the same data/model/train params exists.
     fp = fingerprint(params, meta["hash"])
+    best_path = paths.models / checkpoint.GENERATOR_FILES["best"]
     start, history, best_fid = 0, [], math.inf
     ckpt = checkpoint.latest_checkpoint(paths.checkpoints)
     if ckpt is not None and json.loads((ckpt / "loop.json").read_text()).get("fingerprint") == fp:
         state = checkpoint.load_checkpoint(acc, ckpt, ema)
         start, history, best_fid = state["step"], state["history"], state.get("best_fid", math.inf)
+        if main and (ckpt / BEST).exists():  # DVC removed models/ before re-running the stage
+            paths.models.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ckpt / BEST, best_path)
         acc.print(f"resuming from {ckpt} at step {start}")
     elif ckpt is not None:
         acc.print(f"not resuming {ckpt}: it was written with other data/model/train params")
@@ -392,8 +398,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
             row["Eval/fid"] = fid = evaluator(ema.module)
             if main and fid < best_fid:
                 best_fid = fid
-                checkpoint.save_generator(ema.module, paths.models / checkpoint.GENERATOR_FILES["best"], None,
-                                           cfg)
+                checkpoint.save_generator(ema.module, best_path, None, cfg)
         history.append(row)
         if main:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
@@ -403,7 +408,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
             checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema,
                                        {"fingerprint": fp, "history": history, "best_fid": best_fid},
-                                       tc.keep_checkpoints)
+                                       tc.keep_checkpoints, files={BEST: best_path})
         t_tick, n_tick = time.perf_counter(), 0
 
     wall = time.perf_counter() - t_start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,3 +176,18 @@ def test_cpu_threads_use_the_cores_that_accelerate_launch_leaves_out(monkeypatch
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_best_fid_generator_survives_a_resume(prepared_dir, tmp_path):
+    """train.fid_every_steps keeps the best generator; DVC deletes models/ before a re-run, the checkpoint keeps it."""
+    fids = iter([5.0, 4.0, 9.0, 9.0])  # best at step 6, no improvement after the resume
+    params = tiny_params(train={"steps": 6, "fid_every_steps": 3})
+    run_tiny(prepared_dir, tmp_path, params, evaluator=lambda g: next(fids))
+    best = tmp_path / "models" / "generator_best.safetensors"
+    saved = best.read_bytes()
+    shutil.rmtree(tmp_path / "models")
+    metrics = run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": 12, "fid_every_steps": 3}),
+                       evaluator=lambda g: next(fids))
+    assert metrics["resumed_from_step"] == 6 and best.read_bytes() == saved
+    rows = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()
+    assert "Eval_fid" in rows[0]
