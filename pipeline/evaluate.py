@@ -19,8 +19,8 @@ from torch import nn
 from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
 from pipeline.config import Params
 from pipeline.data import read_meta
-from pipeline.metrics import MetricsError, latents, make_scorer
-from pipeline.nets import Generator, sample_grid
+from pipeline.metrics import MetricsError, make_scorer
+from pipeline.nets import Generator, latents, sample_grid
 from pipeline.tracking import Tracker
 
 GRID_SAMPLES = 64

@@ -40,7 +40,7 @@ from torch_fidelity.utils import (
 from pipeline import classifier
 from pipeline.config import METRICS, EvalConfig
 from pipeline.data import load_split, read_meta
-from pipeline.nets import to_uint8
+from pipeline.nets import latents, to_uint8
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = Path(tf_inception.URL_INCEPTION_V3).name  # the official name torch hub caches it under
@@ -176,11 +176,6 @@ def build_feature_extractor(extractor: Extractor, layers: list[str], kw: dict, t
             return create_feature_extractor(extractor.name, layers, **kw)
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts and DNS failures are OSErrors
         raise MetricsError(_offline_message(e, timeout)) from None
-
-
-def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
-    """The evaluation latents (n, z_dim): drawn on the CPU from `seed`, identical for any device or process count."""
-    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
 class _Images(Dataset):

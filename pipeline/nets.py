@@ -138,6 +138,11 @@ def sample_grid(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
     return grid.permute(1, 2, 0).numpy()
 
 
-def from_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float in [-1, 1]."""
-    return images.float().div(127.5).sub(1.0)
+def from_uint8(images: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+    """uint8 [0, 255] -> float in [-1, 1] (one copy, in `memory_format`)."""
+    return images.to(torch.float32, memory_format=memory_format).div_(127.5).sub_(1.0)
+
+
+def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
+    """(n, z_dim) N(0, 1) latents drawn on the CPU from `seed`: the same z on any device or process count."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))

@@ -28,7 +28,7 @@ from torch import nn
 from pipeline import checkpoint, losses
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
-from pipeline.nets import NetConfig, build, sample_grid
+from pipeline.nets import NetConfig, build, from_uint8, latents, sample_grid
 from pipeline.tracking import Tracker
 
 
@@ -56,8 +56,6 @@ def net_config(params: Params, channels: int) -> NetConfig:
                      dropout=m.dropout, spectral_norm=m.spectral_norm)
 
 
-BEST = "generator_best.safetensors"  # the best-FID generator's copy inside a checkpoint
-
 # Train params that change neither the weights nor the optimiser state: a checkpoint resumes across them.
 SCHEDULE_ONLY = ("steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                  "fid_every_steps", "cuda_graphs")
@@ -72,11 +70,6 @@ def fingerprint(params: Params, data_hash: str) -> str:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
-
-
-def fixed_latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
-    """The latent batch for sample grids: drawn on the CPU so every device shows the same z."""
-    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
 class Stats:
@@ -194,8 +187,8 @@ class GANStep:
         return images.to(device)
 
     def _float(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float in [-1, 1], in the networks' memory format (as `from_uint8`, fewer copies)."""
-        return images_u8.to(torch.float32, memory_format=self.fmt).div_(127.5).sub_(1.0)
+        """uint8 (B, C, H, W) -> float in [-1, 1], in the networks' memory format."""
+        return from_uint8(images_u8, self.fmt)
 
     def _noise(self) -> torch.Tensor:
         return torch.randn(self.per_rank, self.cfg.z_dim, device=self.device)
@@ -345,15 +338,16 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
 
     # Resume, when a checkpoint of the same data/model/train params exists.
     fp = fingerprint(params, meta["hash"])
-    best_path = paths.models / checkpoint.GENERATOR_FILES["best"]
+    best_name = checkpoint.GENERATOR_FILES["best"]  # in models/, and its copy in each checkpoint
+    best_path = paths.models / best_name
     start, history, best_fid = 0, [], math.inf
     ckpt = checkpoint.latest_checkpoint(paths.checkpoints)
     if ckpt is not None and json.loads((ckpt / "loop.json").read_text()).get("fingerprint") == fp:
         state = checkpoint.load_checkpoint(acc, ckpt, ema)
         start, history, best_fid = state["step"], state["history"], state.get("best_fid", math.inf)
-        if main and (ckpt / BEST).exists():  # DVC removed models/ before re-running the stage
+        if main and (ckpt / best_name).exists():  # DVC removed models/ before re-running the stage
             paths.models.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ckpt / BEST, best_path)
+            shutil.copy2(ckpt / best_name, best_path)
         acc.print(f"resuming from {ckpt} at step {start}")
     elif ckpt is not None:
         acc.print(f"not resuming {ckpt}: it was written with other data/model/train params")
@@ -371,7 +365,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
                           "world_size": world, "resumed_from_step": start})
         tracker.write_run_file(paths.run_file)
 
-    z_fixed = fixed_latents(64, cfg.z_dim, tc.seed)
+    z_fixed = latents(64, cfg.z_dim, tc.seed)
     t_start = t_tick = time.perf_counter()
     n_tick = 0
     for step in range(start, tc.steps):
@@ -408,7 +402,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
             checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema,
                                        {"fingerprint": fp, "history": history, "best_fid": best_fid},
-                                       tc.keep_checkpoints, files={BEST: best_path})
+                                       tc.keep_checkpoints, files={best_name: best_path})
         t_tick, n_tick = time.perf_counter(), 0
 
     wall = time.perf_counter() - t_start
@@ -437,7 +431,7 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
     files = checkpoint.GENERATOR_FILES
     checkpoint.save_generator(G, paths.models / files["last"], paths.models / checkpoint.GENERATOR_CONFIG, cfg, extra)
     checkpoint.save_generator(G_ema, paths.models / files["ema"], None, cfg)
-    z = fixed_latents(64, cfg.z_dim, params.train.seed)
+    z = latents(64, cfg.z_dim, params.train.seed)
     grid = sample_grid(G_ema, z)
     paths.plots.mkdir(parents=True, exist_ok=True)
     from PIL import Image

@@ -16,7 +16,7 @@ from conftest import varied_generator
 from pipeline import classifier, metrics
 from pipeline.config import DataConfig, ParamsError, parse_params
 from pipeline.data import load_split, prepare
-from pipeline.nets import to_uint8
+from pipeline.nets import latents, to_uint8
 
 KID = 100
 
@@ -87,7 +87,7 @@ def test_in_memory_samples_equal_the_same_samples_as_png(world, tmp_path):
     s = metrics.make_scorer(cfg, world["prepared"], world["cls"])
     in_memory = s.score(s.generator_features(g, n, cfg.seed))
     with torch.no_grad():
-        x = g(metrics.latents(n, 16, cfg.seed))
+        x = g(latents(n, 16, cfg.seed))
     for i in range(n):
         save_image(x[i] * 0.5 + 0.5, tmp_path / f"{i:05d}.png")  # torchvision's own [0, 1] -> uint8
     read = np.stack([np.asarray(Image.open(tmp_path / f"{i:05d}.png")) for i in range(n)])  # (n, H, W, 3)
