@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import cli
-from pipeline.nets import to_uint8
+from pipeline import cli, pyfunc_model
 
 
 class SourceError(ValueError):
@@ -52,8 +51,6 @@ class Sampler:
             self.z_dim = int(model.metadata.get_input_schema().inputs[0].shape[-1])
             self._fn = model.predict
         elif source.endswith(".pt2"):
-            from pipeline import pyfunc_model
-
             module = pyfunc_model.load_pt2(source)
             self.z_dim = _pt2_z_dim(module)
             self._fn = lambda z: pyfunc_model.generate_images(module, z)
@@ -62,18 +59,13 @@ class Sampler:
 
             g, cfg = load_generator(source, Path(source).with_name("generator.json"))
             self.z_dim = cfg["net"]["z_dim"]
-            self._fn = lambda z: _images(g, z)
+            self._fn = lambda z: pyfunc_model.generate_images(g, z)
         else:
             raise SourceError(f"unknown source {source!r}: give models:/NAME@ALIAS, runs:/RUN_ID/generator, "
                              "an MLflow model directory, a .pt2 file or a .safetensors file next to generator.json")
 
     def __call__(self, z: torch.Tensor) -> np.ndarray:
         return np.asarray(self._fn(z.numpy().astype(np.float32)))
-
-
-def _images(g: torch.nn.Module, z: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return to_uint8(g(torch.from_numpy(z))).permute(0, 2, 3, 1).numpy()
 
 
 def _pt2_z_dim(module: torch.nn.Module) -> int:
@@ -83,15 +75,12 @@ def _pt2_z_dim(module: torch.nn.Module) -> int:
 
 
 def grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
-    """(N, H, W, C) uint8 -> one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) image on a white background."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, k = divmod(i, cols)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = img
-    return out
+    """(N, H, W, C) uint8 -> one image of ceil(sqrt(N)) columns on a white background (torchvision's make_grid)."""
+    from torchvision.utils import make_grid
+
+    cols = math.ceil(math.sqrt(len(images)))
+    g = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=cols, padding=pad, pad_value=255)
+    return g.permute(1, 2, 0)[..., : images.shape[-1]].numpy()  # make_grid repeats grey to 3 channels
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
@@ -133,9 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli_main() -> None:
     """Console script entry point (`gan-generate`)."""
-    from pipeline.pyfunc_model import UnsafeArchiveError
-
-    cli.register_user_error(SourceError, UnsafeArchiveError)
+    cli.register_user_error(SourceError, pyfunc_model.UnsafeArchiveError)
     cli.run(main)
 
 
