@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.nets import from_uint8
+
 WEIGHTS_FILE = "classifier.safetensors"
 INFO_FILE = "classifier.json"
 BATCH_SIZE = 64
@@ -66,7 +68,7 @@ class Classifier(nn.Module):
         if x.shape[1] != c or x.shape[-1] != self.cfg.image_size:
             raise ValueError(f"classifier expects (B, {c}, {self.cfg.image_size}, {self.cfg.image_size}) images, "
                              f"got {tuple(x.shape)}")
-        return x.float() / 127.5 - 1.0
+        return from_uint8(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(self._prepare(x)).flatten(1)

@@ -139,8 +139,8 @@ def sample_grid(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
 
 
 def from_uint8(images: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
-    """uint8 [0, 255] -> float in [-1, 1] (one copy, in `memory_format`)."""
-    return images.to(torch.float32, memory_format=memory_format).div_(127.5).sub_(1.0)
+    """uint8 [0, 255] -> float in [-1, 1]: one new tensor (in `memory_format`), the input is never modified."""
+    return images.to(torch.float32, memory_format=memory_format, copy=True).div_(127.5).sub_(1.0)
 
 
 def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:

@@ -46,3 +46,8 @@ def test_uint8_round_trip():
     u = to_uint8(x)
     assert u.dtype == torch.uint8 and u.tolist() == [0, 64, 128, 255, 255, 255]
     assert torch.allclose(from_uint8(u)[:2], torch.tensor([-1.0, -0.498]), atol=1e-3)
+
+
+def test_from_uint8_never_modifies_its_input():
+    x = torch.tensor([0.0, 255.0])  # already float: a plain .to() would return x itself
+    assert from_uint8(x).tolist() == [-1.0, 1.0] and x.tolist() == [0.0, 255.0]
