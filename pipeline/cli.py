@@ -29,6 +29,18 @@ def params_from(args: argparse.Namespace) -> Params:
     return load_params(args.params, args.overrides)
 
 
+def use_cpu_cores(acc, threads: int = 0) -> None:
+    """On the CPU, give torch `threads` per process (0: the available cores / local processes). `accelerate launch`
+    exports OMP_NUM_THREADS=1 on a machine without GPUs, which would leave all but one core idle."""
+    import os
+
+    import torch
+
+    if acc.device.type == "cpu":
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_procs))
+
+
 def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Call a stage's main; user errors exit 1 with their one-line message."""
     from pipeline.checkpoint import WeightsError

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
+from pipeline.cli import use_cpu_cores
 from pipeline.config import Params
 from pipeline.data import read_meta
 from pipeline.metrics import MetricsError, make_scorer
@@ -68,8 +69,10 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     from accelerate import Accelerator
 
     ec = params.eval
-    dist = dist if dist is not None else Accelerator()  # reads `accelerate launch`'s settings (PartialState alone
-    # ignores ACCELERATE_USE_CPU, and two CPU processes would each run the whole evaluation)
+    if dist is None:  # reads `accelerate launch`'s settings (PartialState alone ignores ACCELERATE_USE_CPU, and two
+        # CPU processes would each run the whole evaluation)
+        dist = Accelerator()
+        use_cpu_cores(dist)
     meta = read_meta(paths.prepared)
     G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
     t0 = time.perf_counter()

@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint, losses
+from pipeline.cli import use_cpu_cores
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
 from pipeline.nets import NetConfig, build, from_uint8, latents, sample_grid
@@ -312,10 +312,7 @@ def make_accelerator(params: Params):
 
     tc = params.train
     acc = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum_steps)
-    if acc.device.type == "cpu":
-        # `accelerate launch` exports OMP_NUM_THREADS=1 on a machine without GPUs: one core of many would train.
-        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(tc.cpu_threads or max(1, len(os.sched_getaffinity(0)) // local_procs))
+    use_cpu_cores(acc, tc.cpu_threads)
     return acc
 
 
