@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.nets import Generator, NetConfig
+from pipeline.nets import NetConfig, make_generator
 
 
 class WeightsError(RuntimeError):
@@ -106,7 +106,7 @@ GENERATOR_FILES = {"ema": "generator_ema.safetensors", "last": "generator.safete
 GENERATOR_CONFIG = "generator.json"
 
 
-def load_trained_generator(models: str | Path, weights: str) -> tuple[Generator, dict]:
+def load_trained_generator(models: str | Path, weights: str) -> tuple[nn.Module, dict]:
     """The train stage's `weights` generator (ema | last | best) from `models`, in eval mode, with its config."""
     path = Path(models) / GENERATOR_FILES[weights]
     if not path.exists():
@@ -116,13 +116,13 @@ def load_trained_generator(models: str | Path, weights: str) -> tuple[Generator,
     return load_generator(path, Path(models) / GENERATOR_CONFIG)
 
 
-def load_generator(weights_path: str | Path, config_path: str | Path) -> tuple[Generator, dict]:
+def load_generator(weights_path: str | Path, config_path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild G from its JSON config and load its safetensors weights, in eval mode on the CPU."""
     config_path = Path(config_path)
     if not config_path.exists():
         raise WeightsError(f"generator config not found: {config_path}; run the train stage first")
     cfg = json.loads(config_path.read_text())
-    g = Generator(NetConfig.from_dict(cfg["net"]))
+    g = make_generator(NetConfig.from_dict(cfg["net"]))
     try:
         g.load_state_dict(load_weights(weights_path))
     except RuntimeError as e:

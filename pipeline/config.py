@@ -33,7 +33,8 @@ def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: 
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
-LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
+LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan", "rpgan")
+ARCHS = ("dcgan", "resnet")  # pipeline.nets.ARCHS
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -51,7 +52,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = spec("dcgan", choices=("dcgan",))
+    arch: str = spec("dcgan", choices=ARCHS)
     z_dim: int = spec(64, ge=1)
     g_channels: int = spec(32, ge=1, doc="width of G's last hidden layer (ngf)")
     d_channels: int = spec(32, ge=1, doc="width of D's first layer (ndf)")
@@ -59,6 +60,8 @@ class ModelConfig:
                        doc="auto = batch, except layer norm for wgan-gp")
     dropout: float = spec(0.3, ge=0.0, le=0.9, doc="dropout in D (regularises D on small sets)")
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
+    conditional: str = spec("auto", choices=("auto", "true", "false"),
+                            doc="class-conditional G and projection D; auto = on when the prepared data has labels")
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,15 @@ class TrainConfig:
     beta2: float = spec(0.999, ge=0.0, le=1.0)
     n_critic: int = spec(1, ge=1, doc="D updates per G update")
     gp_weight: float = spec(10.0, ge=0.0, doc="lambda of the wgan-gp penalty")
-    gp_every: int = spec(1, ge=1, doc="lazy regularisation: penalty every k D steps, weighted by k")
+    gp_every: int = spec(1, ge=1, doc="lazy regularisation: wgan-gp / R1 / R2 every k D steps, weighted by k")
+    r1_gamma: float = spec(0.0, ge=0.0, doc="zero-centred R1 on reals: gamma/2 E|grad D(x)|^2 (0 = off)")
+    r2_gamma: float = spec(0.0, ge=0.0, doc="zero-centred R2 on fakes: gamma/2 E|grad D(G(z))|^2 (0 = off)")
+    augment: str = spec("none", choices=("none", "diffaug", "ada"),
+                        doc="differentiable augmentation of real and fake in front of every D call")
+    augment_p: float = spec(1.0, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
+    ada_target: float = spec(0.6, gt=0.0, le=1.0, doc="ada: target E[sign D(x_real)] (overfitting signal)")
+    ada_kimg: float = spec(20.0, gt=0.0, doc="ada: thousands of images for p to move by 1")
+    ada_interval_steps: int = spec(4, ge=1, doc="ada: adjust p every this many G steps")
     clip_value: float = spec(0.01, gt=0.0, doc="wgan weight clipping bound")
     grad_clip_norm: float = spec(0.0, ge=0.0, doc="0 = off")
     grad_accum_steps: int = spec(1, ge=1)
@@ -139,10 +150,20 @@ class Params:
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def gradient_penalties(self) -> list[str]:
+        """The per-sample input-gradient penalties this run applies to D (BatchNorm in D breaks them)."""
+        t = self.train
+        named = [("train.loss=wgan-gp", t.loss == "wgan-gp"), ("train.r1_gamma>0", t.r1_gamma > 0),
+                 ("train.r2_gamma>0", t.r2_gamma > 0)]
+        return [name for name, on in named if on]
+
     def resolved_d_norm(self) -> str:
+        """auto: none for resnet (SNGAN's D); for dcgan, batch, or layer norm under a gradient penalty."""
         if self.model.d_norm != "auto":
             return self.model.d_norm
-        return "layer" if self.train.loss == "wgan-gp" else "batch"
+        if self.model.arch == "resnet":
+            return "none"
+        return "layer" if self.gradient_penalties() else "batch"
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -187,8 +208,9 @@ def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
             raise ParamsError(f"params.yaml: {key} must be a non-empty list, got {value!r}")
         return tuple(_coerce(key, str, v, meta) for v in items)
     choices = meta.get("choices")
-    if kind is str and value is False and choices and "no" in choices:
-        value = "no"  # YAML 1.1 reads a bare `no` as false
+    if kind is str and isinstance(value, bool) and choices:  # YAML 1.1 reads bare true / false / no as booleans
+        spelled = [c for c in (("true",) if value else ("false", "no")) if c in choices]
+        value = spelled[0] if spelled else value
     if kind is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         value = float(value)  # PyYAML reads `1e-4` (no dot) as a string
     ok = {
@@ -229,10 +251,16 @@ def _build(cls: type, section: str, raw: Any) -> Any:
 
 
 def _check_combinations(p: Params) -> None:
-    if p.train.loss == "wgan-gp" and p.model.d_norm == "batch":
+    penalties = p.gradient_penalties()
+    if penalties and p.model.d_norm == "batch":
         raise ParamsError(
-            "params.yaml: model.d_norm=batch cannot be used with train.loss=wgan-gp: BatchNorm mixes samples, "
+            f"params.yaml: model.d_norm=batch cannot be used with {penalties[0]}: BatchNorm mixes samples, "
             "so the per-sample gradient penalty is wrong; use auto, layer, instance or none"
+        )
+    if p.train.loss == "wgan" and p.model.spectral_norm:
+        raise ParamsError(
+            "params.yaml: model.spectral_norm=true cannot be used with train.loss=wgan: weight clipping would clamp "
+            "the unnormalised weights that spectral norm rescales anyway; use one Lipschitz constraint"
         )
     if p.train.batch_size % p.train.grad_accum_steps:
         raise ParamsError(

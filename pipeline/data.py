@@ -185,12 +185,13 @@ class BatchSampler:
     """
 
     def __init__(self, images: torch.Tensor, global_batch: int, seed: int, rank: int = 0, world: int = 1,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, labels: torch.Tensor | None = None):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
         if len(images) < global_batch:
             raise DataError(f"the training split has {len(images)} images, fewer than one batch ({global_batch})")
         self.images, self.global_batch, self.seed = images, global_batch, seed
+        self.labels = labels.to(images.device) if labels is not None else None  # (N,) int64, drawn with the images
         self.per_rank, self.rank = global_batch // world, rank
         self.device = torch.device(device) if device is not None else images.device  # where batches are returned
         self._perm_epoch, self._perm = -1, None
@@ -211,11 +212,20 @@ class BatchSampler:
         `out`, when given, receives the batch (a static buffer for CUDA graphs). Images kept in host memory (a set
         too large for the device) are gathered there and copied to `device`.
         """
-        per_epoch = len(self.images) // self.global_batch
-        epoch, pos = divmod(index, per_epoch)
-        start = pos * self.global_batch + self.rank * self.per_rank
-        idx = self._order(epoch)[start : start + self.per_rank]
+        idx = self._indices(index)
         if out is not None and out.device == self.images.device:
             return torch.index_select(self.images, 0, idx, out=out)  # one gather, straight into the buffer
         batch = self.images[idx].to(self.device)
         return batch if out is None else out.copy_(batch)
+
+    def batch_labels(self, index: int) -> torch.Tensor:
+        """The labels (B/world,) of `batch(index)`'s images, on `device`."""
+        if self.labels is None:
+            raise ValueError("this sampler was built without labels")
+        return self.labels[self._indices(index)].to(self.device)
+
+    def _indices(self, index: int) -> torch.Tensor:
+        per_epoch = len(self.images) // self.global_batch
+        epoch, pos = divmod(index, per_epoch)
+        start = pos * self.global_batch + self.rank * self.per_rank
+        return self._order(epoch)[start : start + self.per_rank]

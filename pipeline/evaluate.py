@@ -6,6 +6,7 @@ values to the pipeline's MLflow run, and save a sample grid of the scored sample
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -13,18 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
 from pipeline.cli import use_cpu_cores
 from pipeline.config import Params
-from pipeline.data import read_meta
+from pipeline.data import load_split, read_meta
 from pipeline.metrics import MetricsError, make_scorer
-from pipeline.nets import Generator, latents, sample_grid
+from pipeline.nets import balanced_labels, grid_inputs, sample_grid
 from pipeline.tracking import Tracker
-
-GRID_SAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class EvalPaths:
     plots: Path
 
 
-def load_scored_generator(models: Path, weights: str, meta: dict) -> tuple[Generator, dict]:
+def load_scored_generator(models: Path, weights: str, meta: dict) -> tuple[nn.Module, dict]:
     """eval.weights (ema | last | best) -> G in eval mode and its generator.json, checked against the data."""
     G, cfg = load_trained_generator(models, weights)
     path = models / GENERATOR_FILES[weights]
@@ -53,11 +51,12 @@ def load_scored_generator(models: Path, weights: str, meta: dict) -> tuple[Gener
     return G, cfg
 
 
-def save_grid(generator: nn.Module, z: torch.Tensor, path: Path) -> np.ndarray:
-    """The samples of z, quantised as scored, as one (H, W, 3) uint8 PNG."""
+def save_grid(generator: nn.Module, seed: int, path: Path) -> np.ndarray:
+    """G's samples for `nets.grid_inputs` (one row per class when conditional), quantised as scored, as one
+    (H, W, 3) uint8 PNG."""
     from PIL import Image
 
-    grid = sample_grid(generator, z)
+    grid = sample_grid(generator, *grid_inputs(generator.cfg, seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
     return grid
@@ -87,18 +86,27 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     if dist.is_main_process:
         name = scorer.extractor.name
         results = scorer.score(feats)
-        report = {name: results, "eval_info": {"extractor": name, "num_samples": ec.num_samples,
-                                               "weights": ec.weights, "data_hash": meta["hash"]}}
+        report = {name: results}
+        if G.cfg.num_classes:  # intra-FID: each class's samples against that class's reference images
+            intra = scorer.intra_fid(feats, balanced_labels(ec.num_samples, G.cfg.num_classes),
+                                     load_split(paths.prepared, "ref").labels, meta["classes"])
+            results["intra_fid_mean"] = float(np.mean(list(intra.values())))
+            report[f"{name}/intra_fid"] = intra
+        report["eval_info"] = {"extractor": name, "num_samples": ec.num_samples, "weights": ec.weights,
+                               "data_hash": meta["hash"], "conditional": bool(G.cfg.num_classes)}
         paths.metrics.parent.mkdir(parents=True, exist_ok=True)
         paths.metrics.write_text(json.dumps(report, indent=2) + "\n")
         grid_path = paths.plots / "samples.png"
-        save_grid(G, latents(ec.num_samples, G.cfg.z_dim, ec.seed)[:GRID_SAMPLES], grid_path)
+        save_grid(G, ec.seed, grid_path)
         wall = time.perf_counter() - t0
         print(f"evaluate: {name} on {ec.num_samples} samples ({ec.weights} weights), {dist.num_processes} "
               f"process(es), {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
         _log(params, paths, gcfg, report, grid_path, dist.num_processes, wall)
     dist.wait_for_everyone()
     return report
+
+
+_METRIC_UNSAFE = re.compile(r"[^\w\-. ]")  # MLflow metric names: class names may hold anything
 
 
 def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: Path, world: int,
@@ -108,7 +116,10 @@ def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: 
     tracker = Tracker.resume(params.tracking, paths.run_file)
     step = int(gcfg.get("params", {}).get("train", {}).get("steps", 0))  # the trained generator's step
     try:
-        tracker.log_metrics({f"eval/{name}/{k}": v for k, v in report[name].items()}, step=step)
+        values = {f"eval/{name}/{k}": v for k, v in report[name].items()}
+        values.update({f"eval/{name}/intra_fid/{_METRIC_UNSAFE.sub('_', k)}": v
+                       for k, v in report.get(f"{name}/intra_fid", {}).items()})
+        tracker.log_metrics(values, step=step)
         tracker.log_artifact(grid_path, "eval")
         tracker.log_dict(report, "eval/eval.json")
         tracker.set_tags({"eval.world_size": world, "eval.wall_seconds": round(wall, 1)})

@@ -1,7 +1,9 @@
 """GAN losses as pure functions of discriminator scores, plus the WGAN-GP gradient penalty.
 
 bce: non-saturating (Goodfellow et al., 2014); wgan: Arjovsky et al., 2017 (weight clipping);
-wgan-gp: Gulrajani et al., 2017; hinge: Lim & Ye, 2017 / Miyato et al., 2018; lsgan: Mao et al., 2017.
+wgan-gp: Gulrajani et al., 2017; hinge: Lim & Ye, 2017 / Miyato et al., 2018; lsgan: Mao et al., 2017;
+rpgan: the relativistic pairing loss (Jolicoeur-Martineau, 2018; Huang et al., 2024, R3GAN, arXiv:2501.05441) with
+zero-centred R1/R2 penalties (Mescheder et al., 2018).
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
     if kind == "lsgan":
         return 0.5 * ((real - 1.0).square().mean() + fake.square().mean())
+    if kind == "rpgan":  # pairs: real i against fake i
+        return F.softplus(fake - real).mean()
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
-    """Generator loss from raw scores (B,) on generated images."""
+# Losses whose G term also needs D's scores on a real batch.
+NEEDS_REAL_IN_G = ("rpgan",)
+
+
+def g_loss(kind: str, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator loss from raw scores (B,) on generated images (and, for rpgan, on the paired real images)."""
     fake = fake.float()
+    if kind == "rpgan":
+        return F.softplus(real.float() - fake).mean()
     if kind == "bce":
         return F.softplus(-fake).mean()
     if kind in ("wgan", "wgan-gp", "hinge"):
@@ -60,6 +70,17 @@ def gradient_penalty(
         scores = critic(x_hat).float()
         (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
         return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
+
+
+def zero_centred_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """E[||grad_x D(x)||^2]: R1 when x is real, R2 when x is generated (weight it with gamma / 2).
+
+    Float32 with autocast off, as the gradient penalty; x is detached, so no gradient reaches G through it.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(x).float().sum(), x, create_graph=True)
+        return grad.flatten(1).square().sum(dim=1).mean()
 
 
 def clip_weights(module: torch.nn.Module, bound: float) -> None:

@@ -40,7 +40,7 @@ from torch_fidelity.utils import (
 from pipeline import classifier
 from pipeline.config import METRICS, EvalConfig
 from pipeline.data import load_split, read_meta
-from pipeline.nets import latents, to_uint8
+from pipeline.nets import balanced_labels, latents, to_uint8
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = Path(tf_inception.URL_INCEPTION_V3).name  # the official name torch hub caches it under
@@ -194,18 +194,21 @@ class _Images(Dataset):
 
 
 class _Generated(_Images):
-    """G's uint8 samples for latents z, made one block at a time as the loader walks them in order."""
+    """G's uint8 samples for latents z (and class labels, when conditional), made one block at a time as the loader
+    walks them in order."""
 
-    def __init__(self, generator: nn.Module, z: torch.Tensor, block: int, rgb: bool):
+    def __init__(self, generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None, block: int, rgb: bool):
         super().__init__(z, rgb)
-        self.G, self.z, self.block, self._index, self._x = generator, z, block, -1, None
+        self.G, self.z, self.labels, self.block, self._index, self._x = generator, z, labels, block, -1, None
         self.device = next(generator.parameters()).device
 
     def __getitem__(self, i: int) -> torch.Tensor:
         b = i // self.block
         if b != self._index:
+            part = slice(b * self.block, (b + 1) * self.block)
+            cond = () if self.labels is None else (self.labels[part].to(self.device),)
             with torch.no_grad():
-                self._x = to_uint8(self.G(self.z[b * self.block : (b + 1) * self.block].to(self.device))).cpu()
+                self._x = to_uint8(self.G(self.z[part].to(self.device), *cond)).cpu()
             self._index = b
         x = self._x[i - b * self.block]
         return x.expand(3, -1, -1) if self.rgb and x.shape[0] == 1 else x
@@ -287,14 +290,17 @@ class Scorer:
         return self._extract(lambda a, b: _Images(images[a:b], self.extractor.rgb), len(images))
 
     def generator_features(self, generator: nn.Module, n: int, seed: int) -> Features:
-        """n samples of G (in eval mode) from `latents(n, z_dim, seed)`, quantised with nets.to_uint8 -> features."""
+        """n samples of G (in eval mode) from `latents(n, z_dim, seed)`, quantised with nets.to_uint8 -> features.
+        A conditional G gets `nets.balanced_labels(n, classes)`: every class equally often."""
         self.check_count(n, "the generated set")
         z = latents(n, generator.cfg.z_dim, seed)
+        labels = balanced_labels(n, generator.cfg.num_classes)
         was_training = generator.training
         generator.eval()
         try:
             block = self.kw["batch_size"]
-            return self._extract(lambda a, b: _Generated(generator, z[a:b], block, self.extractor.rgb), n)
+            return self._extract(lambda a, b: _Generated(generator, z[a:b], None if labels is None else labels[a:b],
+                                                         block, self.extractor.rgb), n)
         finally:
             generator.train(was_training)
 
@@ -312,6 +318,22 @@ class Scorer:
         if "prc" in self.metrics:
             out.update(prc_featuresdict_to_metric(features, self.real, layer["prc"], **kw))
         return {k: float(v) for k, v in out.items()}
+
+
+    def intra_fid(self, features: Features, labels: torch.Tensor, ref_labels: np.ndarray,
+                  classes: Sequence[str]) -> dict[str, float]:
+        """Intra-FID (Miyato & Koyama, 2018): FID of each class's generated samples against that class's reference
+        images, on the FID features. `labels` are the generated samples' classes. Keys are the class names."""
+        layer, ref_labels = self.layers["fid"], torch.as_tensor(np.asarray(ref_labels))
+        out = {}
+        for k, name in enumerate(classes):
+            gen, ref = features[layer][labels == k], self.real[layer][ref_labels == k]
+            if len(gen) < 2 or len(ref) < 2:
+                raise MetricsError(f"intra-FID of class {name!r} needs at least 2 generated and 2 reference images, "
+                                   f"got {len(gen)} and {len(ref)}")
+            stats = [fid_features_to_statistics(f) for f in (gen, ref)]
+            out[str(name)] = float(fid_statistics_to_metric(*stats, False)[KEY_METRIC_FID])
+        return out
 
 
 def make_scorer(cfg: EvalConfig, prepared_dir: str | Path, classifier_dir: str | Path | None,

@@ -1,12 +1,16 @@
-"""DCGAN generator and discriminator for 16-128 px (Radford et al., 2015, arXiv:1511.06434).
+"""Network config, the arch registry, the DCGAN G and D for 16-128 px (Radford et al., 2015, arXiv:1511.06434), and
+the class-conditioning parts every arch shares: a projection head for D (Miyato & Koyama, 2018, arXiv:1802.05637).
 
-At 64 px with z_dim=100 and 64 channels these are exactly the pytorch/examples `dcgan` networks. The discriminator
-adds optional Dropout, spectral norm (Miyato et al., 2018) and a choice of normalisation for gradient-penalty critics.
+At 64 px with z_dim=100 and 64 channels, unconditional, these are exactly the pytorch/examples `dcgan` networks. The
+discriminator adds optional Dropout, spectral norm (Miyato et al., 2018) and a choice of normalisation for
+gradient-penalty critics. A conditional DCGAN G takes z concatenated with a class embedding. `pipeline.resnet` holds
+the residual arch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,6 +31,7 @@ class NetConfig:
     d_norm: str = "batch"
     dropout: float = 0.0
     spectral_norm: bool = False
+    num_classes: int = 0  # > 0: class-conditional G and projection D; G(z, labels), D(x, labels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,10 +49,15 @@ def _n_doublings(image_size: int) -> int:
     return n
 
 
+def raw_weight(m: nn.Module) -> torch.Tensor:
+    """The weight parameter to initialise: under spectral norm, the unnormalised original (`m.weight` is computed)."""
+    return m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+
+
 def dcgan_init(m: nn.Module) -> None:
     """The DCGAN paper's init: N(0, 0.02) convs, N(1, 0.02) norm scales."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        nn.init.normal_(raw_weight(m), 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
@@ -63,8 +73,10 @@ class Generator(nn.Module):
         self.cfg = cfg
         n = _n_doublings(cfg.image_size)
         ch = cfg.g_channels * 2 ** (n - 1)
+        self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.num_classes else None
+        z_in = cfg.z_dim * (2 if cfg.num_classes else 1)  # z concatenated with the class embedding
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(cfg.z_dim, ch, 4, 1, 0, bias=False),  # (B, ch, 4, 4)
+            nn.ConvTranspose2d(z_in, ch, 4, 1, 0, bias=False),  # (B, ch, 4, 4)
             nn.BatchNorm2d(ch),
             nn.ReLU(True),
         ]
@@ -75,7 +87,9 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)
         return self.main(z.view(z.shape[0], -1, 1, 1))
 
 
@@ -97,7 +111,7 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
-        sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        sn = spectral_norm_fn(cfg.spectral_norm)
         drop = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
         n = _n_doublings(cfg.image_size)
         ch = cfg.d_channels
@@ -106,18 +120,54 @@ class Discriminator(nn.Module):
             layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)), *_norm(cfg.d_norm, ch * 2),
                        nn.LeakyReLU(0.2, True), *drop]
             ch *= 2
-        layers += [sn(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))]  # (B, 1, 1, 1)
-        self.main = nn.Sequential(*layers)
+        self.main = nn.Sequential(*layers)  # (B, ch, 4, 4)
+        self.out = sn(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))  # (B, 1, 1, 1)
         self.apply(dcgan_init)
+        self.project = ProjectionHead(cfg.num_classes, ch, sn) if cfg.num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).flatten()
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.main(x)
+        score = self.out(h).flatten()
+        return score if self.project is None else score + self.project(h.sum(dim=(2, 3)), labels)
 
 
-def build(cfg: NetConfig) -> tuple[Generator, Discriminator]:
-    if cfg.arch != "dcgan":
-        raise ValueError(f"unknown arch {cfg.arch!r}")
-    return Generator(cfg), Discriminator(cfg)
+class ProjectionHead(nn.Module):
+    """The projection discriminator's class term: <embed(y), phi(x)> added to D's unconditional score."""
+
+    def __init__(self, num_classes: int, features: int, sn: Callable[[nn.Module], nn.Module]):
+        super().__init__()
+        self.embed = sn(nn.Embedding(num_classes, features))
+        nn.init.normal_(raw_weight(self.embed), 0.0, 0.02)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (self.embed(labels) * features).sum(dim=1)  # (B,)
+
+
+def spectral_norm_fn(enabled: bool) -> Callable[[nn.Module], nn.Module]:
+    return nn.utils.parametrizations.spectral_norm if enabled else (lambda m: m)
+
+
+ARCHS = ("dcgan", "resnet")
+
+
+def _arch(cfg: NetConfig) -> tuple[type[nn.Module], type[nn.Module]]:
+    if cfg.arch == "dcgan":
+        return Generator, Discriminator
+    if cfg.arch == "resnet":
+        from pipeline import resnet
+
+        return resnet.ResNetGenerator, resnet.ResNetDiscriminator
+    raise ValueError(f"unknown arch {cfg.arch!r} (known: {', '.join(ARCHS)})")
+
+
+def make_generator(cfg: NetConfig) -> nn.Module:
+    """G of `cfg.arch`: z (B, z_dim) [, labels (B,) int64] -> image (B, C, S, S) in [-1, 1]."""
+    return _arch(cfg)[0](cfg)
+
+
+def build(cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
+    g_cls, d_cls = _arch(cfg)
+    return g_cls(cfg), d_cls(cfg)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -125,17 +175,37 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def sample_grid(generator: nn.Module, z: torch.Tensor) -> np.ndarray:
-    """(N, z_dim) latents -> one (H, W, 3) uint8 grid of G's samples (in eval mode), quantised as scored."""
+def sample_grid(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, nrow: int = 0) -> np.ndarray:
+    """(N, z_dim) latents [and labels] -> one (H, W, 3) uint8 grid of G's samples (in eval mode), quantised as
+    scored; `nrow` images per row (0: a square)."""
     from torchvision.utils import make_grid
 
+    device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()
     with torch.no_grad():
-        imgs = to_uint8(generator(z.to(next(generator.parameters()).device))).cpu()
+        imgs = to_uint8(generator(z.to(device), *([] if labels is None else [labels.to(device)]))).cpu()
     generator.train(was_training)
-    grid = make_grid(imgs, nrow=int(math.sqrt(len(imgs))), padding=2, pad_value=255)  # grey -> 3 channels
+    grid = make_grid(imgs, nrow=nrow or int(math.sqrt(len(imgs))), padding=2, pad_value=255)  # grey -> 3 channels
     return grid.permute(1, 2, 0).numpy()
+
+
+GRID_COLUMNS, GRID_MAX_ROWS = 8, 16
+
+
+def grid_inputs(cfg: NetConfig, seed: int, n: int = 64) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Fixed latents for a sample grid: `n` in a square, or, when conditional, one row of GRID_COLUMNS per class
+    (the first GRID_MAX_ROWS classes). Returns (z, labels or None, images per row)."""
+    if not cfg.num_classes:
+        return latents(n, cfg.z_dim, seed), None, int(math.sqrt(n))
+    rows = min(cfg.num_classes, GRID_MAX_ROWS)
+    labels = torch.arange(rows).repeat_interleave(GRID_COLUMNS)
+    return latents(len(labels), cfg.z_dim, seed), labels, GRID_COLUMNS
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
+    """Labels 0, 1, ..., K-1, 0, 1, ... for n samples (uniform over classes, exactly balanced); None if unconditional."""
+    return torch.arange(n) % num_classes if num_classes else None
 
 
 def from_uint8(images: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The GAN training loop on Hugging Face Accelerate: D steps, G step, penalties, EMA, ticks.
 
 Follows the DCGAN recipe (Radford et al., 2015) with the WGAN / WGAN-GP critic schedule (Arjovsky et al., 2017;
-Gulrajani et al., 2017), lazy regularisation (Karras et al., 2020, stylegan2-ada) and an EMA of G.
+Gulrajani et al., 2017), zero-centred R1/R2 (Mescheder et al., 2018; R3GAN, Huang et al., 2024), lazy regularisation
+(Karras et al., 2020, stylegan2-ada), differentiable augmentation in front of D (DiffAugment / ADA, pipeline.augment),
+class conditioning (projection D) and an EMA of G.
 Every random draw of step s on rank r comes from a seed that is a function of (train.seed, s, r), so a resumed run
 replays an uninterrupted one exactly.
 """
@@ -24,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import checkpoint, losses
+from pipeline import augment, checkpoint, losses
 from pipeline.cli import use_cpu_cores
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
-from pipeline.nets import NetConfig, build, from_uint8, latents, sample_grid
+from pipeline.nets import NetConfig, build, from_uint8, grid_inputs, sample_grid
 from pipeline.tracking import Tracker
 
 
@@ -49,11 +51,23 @@ class TrainPaths:
     tensorboard: Path | None = None
 
 
-def net_config(params: Params, channels: int) -> NetConfig:
+def net_config(params: Params, channels: int, num_classes: int = 0) -> NetConfig:
     m = params.model
     return NetConfig(arch=m.arch, z_dim=m.z_dim, image_size=params.data.image_size, channels=channels,
                      g_channels=m.g_channels, d_channels=m.d_channels, d_norm=params.resolved_d_norm(),
-                     dropout=m.dropout, spectral_norm=m.spectral_norm)
+                     dropout=m.dropout, spectral_norm=m.spectral_norm, num_classes=num_classes)
+
+
+def num_classes(params: Params, meta: dict) -> int:
+    """model.conditional resolved against the prepared data: the class count, or 0 for an unconditional GAN."""
+    if params.model.conditional == "false":
+        return 0
+    if not meta.get("labelled"):
+        if params.model.conditional == "true":
+            raise DataError("model.conditional is true but the prepared data has no labels (an image folder needs "
+                            "one subfolder per class); set model.conditional: auto or false")
+        return 0
+    return len(meta["classes"])
 
 
 # Train params that change neither the weights nor the optimiser state: a checkpoint resumes across them.
@@ -66,6 +80,11 @@ def fingerprint(params: Params, data_hash: str) -> str:
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
     blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cond(labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The extra network argument of a conditional model: (labels,), or () when unconditional."""
+    return () if labels is None else (labels,)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -131,16 +150,17 @@ class GANStep:
 
     GRAPH_WARMUP_STEPS = 2  # eager steps (on a side stream) per graph before it is captured
 
-    def __init__(self, params: Params, acc, images: torch.Tensor, channels: int):
+    def __init__(self, params: Params, acc, images: torch.Tensor, channels: int, labels: torch.Tensor | None = None,
+                 classes: int = 0):
         from accelerate.utils import AutocastKwargs
 
         tc = self.tc = params.train
         self.acc, self.device = acc, acc.device
-        self.cfg = cfg = net_config(params, channels)
+        self.cfg = cfg = net_config(params, channels, classes)
         self.static = tc.cuda_graphs  # inputs through static buffers; captured as graphs on CUDA only
         self.capture = tc.cuda_graphs and self.device.type == "cuda"
         if tc.cuda_graphs:
-            self._check_graphable(tc, acc.num_processes)
+            self._check_graphable(tc, acc.num_processes, classes)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         G, D = build(cfg)
         self.fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
@@ -165,8 +185,14 @@ class GANStep:
         # Data: the whole prepared split, resident on the device when it fits, drawn by index (global micro-batches).
         micro_batch = tc.batch_size // tc.grad_accum_steps
         self.sampler = BatchSampler(self._place(images, self.device), micro_batch, seed=tc.seed,
-                                    rank=acc.process_index, world=acc.num_processes, device=self.device)
+                                    rank=acc.process_index, world=acc.num_processes, device=self.device,
+                                    labels=labels if classes else None)
         self.per_rank = micro_batch // acc.num_processes
+        # Augmentation in front of D: a fixed p (diffaug), or ADA's adaptive p, starting at 0.
+        self.ada = augment.AdaptiveP(tc.ada_target, tc.ada_kimg, tc.batch_size, tc.ada_interval_steps,
+                                     self.device) if tc.augment == "ada" else None
+        self.augment_p = {"none": 0.0, "diffaug": tc.augment_p, "ada": None}[tc.augment]
+        self.penalised = bool(params.gradient_penalties())
         self.stats: Stats | _GraphStats = Stats()
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
         self._done = torch.zeros((), dtype=torch.long, device=self.device)  # step + 1 of the running step
@@ -193,6 +219,15 @@ class GANStep:
     def _noise(self) -> torch.Tensor:
         return torch.randn(self.per_rank, self.cfg.z_dim, device=self.device)
 
+    def _fake_labels(self) -> torch.Tensor | None:
+        """Uniform class labels for a batch of fakes (None when unconditional)."""
+        if not self.cfg.num_classes:
+            return None
+        return torch.randint(self.cfg.num_classes, (self.per_rank,), device=self.device)
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        return augment.augment(x, self.ada.p if self.ada is not None else self.augment_p)
+
     def _autocast(self):
         return self.acc.autocast(autocast_handler=self.autocast_kwargs)
 
@@ -201,19 +236,26 @@ class GANStep:
         tc = self.tc
         torch.manual_seed(step_seed(tc.seed, step, self.acc.process_index))
         self._done.fill_(step + 1)
-        # Which of this step's D updates carry the lazy gradient penalty (every gp_every D updates).
-        gp_at = tuple(tc.loss == "wgan-gp" and tc.gp_weight > 0 and (step * tc.n_critic + j) % tc.gp_every == 0
-                      for j in range(tc.n_critic))
+        # Which of this step's D updates carry the lazy penalties (wgan-gp, R1, R2: every gp_every D updates).
+        gp_at = tuple(self.penalised and (step * tc.n_critic + j) % tc.gp_every == 0 for j in range(tc.n_critic))
         if not self.static:
-            self._iteration(gp_at, lambda j, m: self._float(self.sampler.batch(
-                (step * tc.n_critic + j) * tc.grad_accum_steps + m)))
-            return
-        for j in range(tc.n_critic):  # grad_accum_steps is 1 here
-            self.sampler.batch(step * tc.n_critic + j, out=self._real_u8[j])
-        self._static_step(gp_at)
+            self._iteration(gp_at, lambda j, m: self._real(step, j, m))
+        else:
+            for j in range(tc.n_critic):  # grad_accum_steps is 1 here
+                self.sampler.batch(step * tc.n_critic + j, out=self._real_u8[j])
+            self._static_step(gp_at)
+        if self.ada is not None and (step + 1) % tc.ada_interval_steps == 0:
+            reduce = (lambda t: self.acc.reduce(t, "sum")) if self.acc.num_processes > 1 else None
+            self.stats.report("Augment/r_t", self.ada.adjust(reduce))
 
-    def _static_real(self, j: int, m: int) -> torch.Tensor:
-        return self._float(self._real_u8[j])
+    def _real(self, step: int, j: int, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Micro-batch m of D update j of `step`: images in [-1, 1] and their labels (None when unconditional)."""
+        index = (step * self.tc.n_critic + j) * self.tc.grad_accum_steps + m
+        labels = self.sampler.batch_labels(index) if self.cfg.num_classes else None
+        return self._float(self.sampler.batch(index)), labels
+
+    def _static_real(self, j: int, m: int) -> tuple[torch.Tensor, None]:
+        return self._float(self._real_u8[j]), None
 
     def _static_step(self, gp_at: tuple[bool, ...]) -> None:
         """Eager warm-up steps, then capture once per penalty pattern, then replay; off CUDA, always eager."""
@@ -242,26 +284,30 @@ class GANStep:
         for i, name in enumerate(names):
             self.stats.report(name, snapshot[i])
 
-    def _iteration(self, gp_at: tuple[bool, ...], real: Callable[[int, int], torch.Tensor]) -> None:
-        """One step's work; `real(j, m)` gives micro-batch m of D update j."""
+    def _iteration(self, gp_at: tuple[bool, ...],
+                   real: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """One step's work; `real(j, m)` gives micro-batch m of D update j (images, labels or None)."""
         tc, acc, D, G, G_plain, D_plain, stats = (self.tc, self.acc, self.D, self.G, self.G_plain, self.D_plain,
                                                   self.stats)
+        aug = self._aug
         # D step(s): n_critic updates, each over grad_accum_steps micro-batches.
         for j in range(tc.n_critic):
             keep = self.reuse_fake and j == tc.n_critic - 1  # the G step trains on these fakes
             for m in range(tc.grad_accum_steps):
-                x = real(j, m)
+                x, y_real = real(j, m)
+                y_fake = self._fake_labels()
                 with acc.accumulate(D):
                     with torch.set_grad_enabled(keep), self._autocast():
-                        fake = (G if keep else G_plain)(self._noise())
+                        fake = (G if keep else G_plain)(self._noise(), *_cond(y_fake))
                     with self._autocast():
-                        s_real, s_fake = D(x), D(fake.detach())
+                        s_real, s_fake = D(aug(x), *_cond(y_real)), D(aug(fake.detach()), *_cond(y_fake))
                     loss_d = losses.d_loss(tc.loss, s_real, s_fake)
-                    # Gradient penalty, lazily every gp_every D updates, weighted by gp_every.
+                    if self.ada is not None:
+                        self.ada.observe(s_real)
+                    # Penalties, lazily every gp_every D updates, weighted by gp_every (fp32, through the same
+                    # augmentation as the D call they regularise).
                     if gp_at[j]:
-                        gp = losses.gradient_penalty(D_plain, x, fake)
-                        loss_d = loss_d + tc.gp_weight * tc.gp_every * gp
-                        stats.report("Loss/gradient_penalty", gp)
+                        loss_d = loss_d + tc.gp_every * self._penalties(x, y_real, fake, y_fake)
                     self._backward_step(loss_d, D, self.opt_d, "Grad/norm_D")
             if tc.loss == "wgan":
                 losses.clip_weights(D_plain, tc.clip_value)
@@ -270,13 +316,18 @@ class GANStep:
         stats.report("D/fake", s_fake.float().mean())
         if tc.loss in ("wgan", "wgan-gp"):
             stats.report("Loss/wasserstein_estimate", losses.wasserstein_estimate(s_real, s_fake))
+        if self.ada is not None:
+            stats.report("Augment/p", self.ada.p)
 
         # G step: D is frozen and called unwrapped, so no gradient reaches it or its DDP hooks.
         D_plain.requires_grad_(False)
         for _ in range(tc.grad_accum_steps):
             with acc.accumulate(G):
                 with self._autocast():
-                    loss_g = losses.g_loss(tc.loss, D_plain(fake if self.reuse_fake else G(self._noise())))
+                    fake_g = fake if self.reuse_fake else G(self._noise(), *_cond(y_fake))
+                    s_fake_g = D_plain(aug(fake_g), *_cond(y_fake))
+                    s_real_g = D_plain(aug(x), *_cond(y_real)) if tc.loss in losses.NEEDS_REAL_IN_G else None
+                    loss_g = losses.g_loss(tc.loss, s_fake_g, s_real_g)
                 self._backward_step(loss_g, G, self.opt_g, "Grad/norm_G")
         D_plain.requires_grad_(True)
         stats.report("Loss/G", loss_g)
@@ -285,6 +336,21 @@ class GANStep:
 
         # EMA.
         self.ema.update(G_plain)
+
+    def _penalties(self, x: torch.Tensor, y_real: torch.Tensor | None, fake: torch.Tensor,
+                   y_fake: torch.Tensor | None) -> torch.Tensor:
+        """The weighted sum of this run's gradient penalties on D: wgan-gp, R1 (reals), R2 (fakes)."""
+        tc, D, aug, total = self.tc, self.D_plain, self._aug, 0.0
+        if tc.loss == "wgan-gp":
+            gp = losses.gradient_penalty(lambda v: D(aug(v), *_cond(y_real)), x, fake)
+            total = total + tc.gp_weight * gp
+            self.stats.report("Loss/gradient_penalty", gp)
+        for name, gamma, images, labels in (("r1", tc.r1_gamma, x, y_real), ("r2", tc.r2_gamma, fake, y_fake)):
+            if gamma > 0:
+                r = losses.zero_centred_penalty(lambda v, lab=labels: D(aug(v), *_cond(lab)), images)
+                total = total + 0.5 * gamma * r
+                self.stats.report(f"Loss/{name}", r)
+        return total
 
     def _backward_step(self, loss: torch.Tensor, model: nn.Module, opt, norm_key: str) -> None:
         self.acc.backward(loss)
@@ -298,11 +364,14 @@ class GANStep:
         opt.zero_grad(set_to_none=True)
 
     @staticmethod
-    def _check_graphable(tc, world: int) -> None:
-        """train.cuda_graphs captures one process's whole step: no gradient all-reduce, accumulation or loss scaler."""
+    def _check_graphable(tc, world: int, classes: int) -> None:
+        """train.cuda_graphs captures one process's whole step: no gradient all-reduce, accumulation or loss scaler;
+        its static buffers hold images only (no labels), and ADA's controller is not captured."""
         why = ("train.grad_accum_steps must be 1" if tc.grad_accum_steps != 1 else
                "train.mixed_precision fp16 needs a loss scaler that syncs with the host; use bf16 or no"
-               if tc.mixed_precision == "fp16" else f"it needs a single process, got {world}" if world != 1 else "")
+               if tc.mixed_precision == "fp16" else f"it needs a single process, got {world}" if world != 1 else
+               "a class-conditional model is not graphed yet; set model.conditional: false" if classes else
+               "train.augment=ada is not graphed yet; use diffaug or none" if tc.augment == "ada" else "")
         if why:
             raise ParamsError(f"params.yaml: train.cuda_graphs=true cannot be used here: {why}")
 
@@ -329,8 +398,10 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     if meta["shape"][1] != params.data.image_size:
         raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "
                         f"{params.data.image_size}; run the prepare stage again (dvc repro prepare)")
-    images = torch.from_numpy(np.array(load_split(paths.prepared, "train").images))
-    gan = GANStep(params, acc, images, channels=meta["shape"][0])
+    split = load_split(paths.prepared, "train")
+    classes = num_classes(params, meta)
+    gan = GANStep(params, acc, torch.from_numpy(np.array(split.images)), channels=meta["shape"][0],
+                  labels=torch.from_numpy(split.labels), classes=classes)
     cfg, ema = gan.cfg, gan.ema
 
     # Resume, when a checkpoint of the same data/model/train params exists.
@@ -342,6 +413,8 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     if ckpt is not None and json.loads((ckpt / "loop.json").read_text()).get("fingerprint") == fp:
         state = checkpoint.load_checkpoint(acc, ckpt, ema)
         start, history, best_fid = state["step"], state["history"], state.get("best_fid", math.inf)
+        if gan.ada is not None:
+            gan.ada.load(state["ada"])
         if main and (ckpt / best_name).exists():  # DVC removed models/ before re-running the stage
             paths.models.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ckpt / best_name, best_path)
@@ -359,10 +432,10 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         tracker.log_params(params.flat())
         tracker.log_dict(params.to_dict(), "config/params.json")
         tracker.set_tags({"data.hash": meta["hash"], "model.d_norm.resolved": cfg.d_norm,
-                          "world_size": world, "resumed_from_step": start})
+                          "model.num_classes": cfg.num_classes, "world_size": world, "resumed_from_step": start})
         tracker.write_run_file(paths.run_file)
 
-    z_fixed = latents(64, cfg.z_dim, tc.seed)
+    grid_z = grid_inputs(cfg, tc.seed)
     t_start = t_tick = time.perf_counter()
     n_tick = 0
     for step in range(start, tc.steps):
@@ -395,10 +468,12 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
             print(_progress_line(row, tc.steps), flush=True)  # unbuffered under dvc
             if done % tc.sample_every_steps == 0 or done == tc.steps:
-                tracker.log_image(sample_grid(ema.module, z_fixed), "samples/ema", done)
+                tracker.log_image(sample_grid(ema.module, *grid_z), "samples/ema", done)
         if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
-            checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema,
-                                       {"fingerprint": fp, "history": history, "best_fid": best_fid},
+            loop_state = {"fingerprint": fp, "history": history, "best_fid": best_fid}
+            if gan.ada is not None:
+                loop_state["ada"] = gan.ada.state()
+            checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema, loop_state,
                                        tc.keep_checkpoints, files={best_name: best_path})
         t_tick, n_tick = time.perf_counter(), 0
 
@@ -418,7 +493,7 @@ def _is_tick(tc, done: int) -> bool:
 
 
 def _progress_line(row: dict, total: int) -> str:
-    keys = ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_s")
+    keys = ("Loss/D", "Loss/G", "D/real", "D/fake", "Augment/p", "Speed/img_per_s")
     return f"step {row['step']}/{total} " + " ".join(f"{k.split('/')[-1]}={row[k]:.3f}" for k in keys if k in row)
 
 
@@ -428,8 +503,7 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
     files = checkpoint.GENERATOR_FILES
     checkpoint.save_generator(G, paths.models / files["last"], paths.models / checkpoint.GENERATOR_CONFIG, cfg, extra)
     checkpoint.save_generator(G_ema, paths.models / files["ema"], None, cfg)
-    z = latents(64, cfg.z_dim, params.train.seed)
-    grid = sample_grid(G_ema, z)
+    grid = sample_grid(G_ema, *grid_inputs(cfg, params.train.seed))
     paths.plots.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
