@@ -1,13 +1,14 @@
-"""Export the trained DCGAN generator (Radford et al., 2015, arXiv:1511.06434) for use without this repository.
-
-Writes safetensors + JSON, a self-contained torch.export `.pt2` and ONNX (both with a dynamic batch), checks each
-against the in-memory network, then logs an MLflow pyfunc into the pipeline's run and registers it.
+"""Export the trained generator (DCGAN, Radford et al., 2015, arXiv:1511.06434, or ResNet) for use without this
+repository. Writes safetensors + JSON, a self-contained torch.export `.pt2` and ONNX (inputs `z`, plus `labels` when
+class-conditional, with one dynamic batch), checks each against the in-memory network, then logs an MLflow pyfunc
+into the pipeline's run and registers it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipeline.nets import NetConfig
 # The oldest torch known to load a .pt2 written here (checked on torch 2.11 for files from 2.14).
 MIN_TORCH = "2.11"
 ONNX_ATOL = 1e-4  # ONNX Runtime reorders float sums (~3e-7 seen); the torch formats must match bit for bit
+CLASSES_TAG_CHARS = 2000  # the class-names tag keeps the first names that fit, and says how many it left out
 
 
 class ExportError(RuntimeError):
@@ -68,53 +70,73 @@ def read_eval(path: str | Path) -> EvalSummary:
 # .pt2 gives bit-exact outputs, a symbolic batch dimension, and loads across versions (files from 2.14 load and run,
 # CUDA included, on 2.11, and back). Its catch: torch.export.load falls back to full unpickling for some members,
 # so every load in this project goes through pyfunc_model.check_pt2 first.
-def export_pt2(generator: nn.Module, path: Path, z_dim: int) -> torch.export.ExportedProgram:
-    """torch.export with a dynamic batch: loads with `torch.export.load` alone, no project code."""
-    batch = torch.export.Dim("batch", min=1)
+def example_inputs(net: NetConfig, n: int = 2) -> tuple[torch.Tensor, ...]:
+    """G's inputs for a batch of n: (z,), or (z, labels) when conditional (labels 0, 1, ..., K-1, 0, ...)."""
+    z = torch.zeros(n, net.z_dim)
+    return (z, torch.arange(n) % net.num_classes) if net.num_classes else (z,)
+
+
+def _dynamic_batch(net: NetConfig) -> tuple[dict[int, torch.export.Dim], ...]:
+    batch = torch.export.Dim("batch", min=1)  # one Dim: z and labels must share the batch size
+    return ({0: batch},) * len(example_inputs(net))
+
+
+def export_pt2(generator: nn.Module, path: Path, net: NetConfig) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic batch: loads with `torch.export.load` alone, no project code.
+    Called as program.module()(z) or, conditional, (z, labels)."""
     # Example batch 2: a batch-1 example would let export specialise the batch size to 1.
-    program = torch.export.export(generator, (torch.zeros(2, z_dim),), dynamic_shapes=({0: batch},))
+    program = torch.export.export(generator, example_inputs(net), dynamic_shapes=_dynamic_batch(net))
     torch.export.save(program, str(path))
     return program
 
 
-def export_onnx(program: torch.export.ExportedProgram, path: Path, z_dim: int) -> str | None:
-    """ONNX from the exported program (input `z`, output `images`, dim `batch`); returns why it was skipped."""
+def onnx_input_names(net: NetConfig) -> list[str]:
+    return ["z", "labels"] if net.num_classes else ["z"]
+
+
+def export_onnx(program: torch.export.ExportedProgram, path: Path, net: NetConfig) -> str | None:
+    """ONNX from the exported program (inputs `z` [, `labels` int64], output `images`, dim `batch`); returns why it
+    was skipped."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
         return f"the ONNX exporter needs onnx and onnxscript ({e}); pip install '.[onnx]'"
-    torch.onnx.export(program, (torch.zeros(2, z_dim),), str(path), input_names=["z"], output_names=["images"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False, verbose=False)
+    torch.onnx.export(program, example_inputs(net), str(path), input_names=onnx_input_names(net),
+                      output_names=["images"], dynamic_shapes=_dynamic_batch(net), external_data=False,
+                      verbose=False)
     return None
 
 
-def run_onnx(path: Path, z: torch.Tensor) -> torch.Tensor:
+def run_onnx(path: Path, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Run an exported ONNX file: ONNX Runtime where installed, else onnx's reference evaluator."""
+    feed = {"z": z.numpy()} if labels is None else {"z": z.numpy(), "labels": labels.numpy().astype("int64")}
     try:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {"z": z.numpy()})[0])
+        return torch.from_numpy(session.run(None, feed)[0])
     except ImportError:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        return torch.from_numpy(ReferenceEvaluator(onnx.load(str(path))).run(None, {"z": z.numpy()})[0])
+        return torch.from_numpy(ReferenceEvaluator(onnx.load(str(path))).run(None, feed)[0])
 
 
-def verify(generator: nn.Module, files: dict[str, Path], z_dim: int, seed: int = 0) -> dict[str, float]:
-    """Max |difference| from the in-memory G per exported format, on batches of 1 and 5 latents."""
+def verify(generator: nn.Module, files: dict[str, Path], net: NetConfig, seed: int = 0) -> dict[str, float]:
+    """Max |difference| from the in-memory G per exported format, on batches of 1 and 5 latents (with labels
+    0, 1, ..., K-1, 0, ... when conditional)."""
     gen = torch.Generator().manual_seed(seed)
-    zs = [torch.randn(n, z_dim, generator=gen) for n in (1, 5)]
+    inputs = [(torch.randn(n, net.z_dim, generator=gen), *example_inputs(net, n)[1:]) for n in (1, 5)]
     reloaded, _ = checkpoint.load_generator(files["safetensors"], files["config"])
-    runners = {"safetensors": reloaded, "pt2": pyfunc_model.load_pt2(files["pt2"])}
+    runners: dict[str, Callable[..., torch.Tensor]] = {"safetensors": reloaded,
+                                                       "pt2": pyfunc_model.load_pt2(files["pt2"])}
     if "onnx" in files:
-        runners["onnx"] = lambda z: run_onnx(files["onnx"], z)
+        runners["onnx"] = lambda *args: run_onnx(files["onnx"], *args)
     errors = {}
     with torch.no_grad():
         for name, run in runners.items():
-            errors[name] = max(float((run(z) - generator(z)).abs().max()) for z in zs)
+            errors[name] = max(float((run(*args) - generator(*args)).abs().max()) for args in inputs)
     for name, err in errors.items():
         if err > (ONNX_ATOL if name == "onnx" else 0.0):
             raise ExportError(f"exported {name} differs from the in-memory generator by {err:.3g}")
@@ -128,10 +150,10 @@ def export_files(generator: nn.Module, config: dict, out: Path, onnx: bool) -> t
     files = {"safetensors": out / "generator.safetensors", "config": out / "generator.json", "pt2": out / "generator.pt2"}
     extra = {k: v for k, v in config.items() if k != "net"}
     checkpoint.save_generator(generator, files["safetensors"], files["config"], net, extra)
-    program = export_pt2(generator, files["pt2"], net.z_dim)
+    program = export_pt2(generator, files["pt2"], net)
     onnx_path = out / "generator.onnx"
     onnx_path.unlink(missing_ok=True)  # never leave an ONNX file from an earlier export next to this one
-    skipped = "export.onnx is false" if not onnx else export_onnx(program, onnx_path, net.z_dim)
+    skipped = "export.onnx is false" if not onnx else export_onnx(program, onnx_path, net)
     if skipped is None:
         files["onnx"] = onnx_path
     return files, skipped
@@ -143,7 +165,27 @@ def version_tags(run_id: str, config: dict, summary: EvalSummary) -> dict[str, s
             registry.TAG_SAMPLES: str(summary.num_samples), registry.TAG_WEIGHTS: summary.weights,
             registry.TAG_EVAL_DATA: str(summary.data_hash)}
     tags.update({registry.METRIC_TAG_PREFIX + k: repr(v) for k, v in summary.metrics.items()})
+    num_classes = NetConfig.from_dict(config["net"]).num_classes
+    tags[registry.TAG_CONDITIONAL] = "true" if num_classes else "false"
+    if num_classes:
+        tags[registry.TAG_NUM_CLASSES] = str(num_classes)
+        tags[registry.TAG_CLASSES] = classes_tag([str(c) for c in config.get("classes") or []])
     return tags
+
+
+def classes_tag(names: list[str], limit: int = CLASSES_TAG_CHARS) -> str:
+    """A JSON list of the class names (label k is names[k]); past `limit` characters, the first names that fit
+    followed by one "... (M more)" entry."""
+    text = json.dumps(names)
+    if len(text) <= limit:
+        return text
+    kept, used = [], 2 + 30  # the brackets, and room for the "... (M more)" entry
+    for name in names:
+        used += len(json.dumps(name)) + 2  # the name and its ", "
+        if used > limit:
+            break
+        kept.append(name)
+    return json.dumps([*kept, f"... ({len(names) - len(kept)} more)"])
 
 
 def pip_requirements() -> list[str]:
@@ -199,7 +241,7 @@ def run_export(params: Params, paths: ExportPaths) -> dict:
     _check_inputs(params, config, summary, paths.eval_json)
     files, onnx_skipped = export_files(generator, config, paths.out, params.export.onnx)
     t_files = time.perf_counter()
-    errors = verify(generator, files, config["net"]["z_dim"])
+    errors = verify(generator, files, NetConfig.from_dict(config["net"]))
     t_verify = time.perf_counter()
     record = register(params, paths, files, config, summary)
     t_end = time.perf_counter()

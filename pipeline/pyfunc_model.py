@@ -1,4 +1,5 @@
-"""The registered model's code (MLflow models-from-code): float32 latents (N, z_dim) -> uint8 images (N, H, W, C).
+"""The registered model's code (MLflow models-from-code): float32 latents (N, z_dim) [and, for a class-conditional
+generator, the inference param `labels`] -> uint8 images (N, H, W, C).
 
 Standalone: MLflow copies only this file, so it never imports `pipeline`. It runs the torch.export `generator.pt2`
 and refuses archives whose loading would reach pickle.
@@ -83,26 +84,90 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return q.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def generate_images(module: torch.nn.Module, latents: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Run the generator on (N, z_dim) latents in chunks; return uint8 (N, H, W, C)."""
+def as_latents(latents: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, z_dim) float32, N >= 1, or ValueError naming the shape."""
     z = torch.as_tensor(np.asarray(latents, dtype=np.float32))
     if z.ndim != 2 or z.shape[0] == 0:
         raise ValueError(f"latents must be a float32 array (N, z_dim) with N >= 1, got shape {tuple(z.shape)}")
+    return z
+
+
+def check_labels(labels, n: int, num_classes: int | None) -> np.ndarray:
+    """`labels` as int64 (n,), or ValueError naming the first problem. `num_classes` None: the range is unknown,
+    so only the count and the type are checked."""
+    arr = np.asarray(labels)
+    valid = f"labels must be N={n} ints" + (f" in [0, {num_classes})" if num_classes else "")
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{valid}, got " + (f"{len(arr)} labels" if arr.ndim == 1 else f"shape {arr.shape}"))
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{valid}, got {arr.dtype} values" + (f" such as {arr[0]!r}" if n else ""))
+    bad = np.flatnonzero((arr < 0) | (arr >= num_classes)) if num_classes else np.flatnonzero(arr < 0)
+    if bad.size:
+        raise ValueError(f"{valid}, got {arr[bad[0]]} at position {bad[0]}")
+    return arr.astype(np.int64)
+
+
+def labels_for(n: int, num_classes: int, labels=None, seed: int | None = None) -> np.ndarray | None:
+    """The (n,) int64 labels for a batch: `labels`, checked, or, when none are given (None or empty), n labels drawn
+    uniformly from `seed` (numpy's default_rng). None for an unconditional generator, which refuses labels."""
+    given = labels is not None and np.size(labels) > 0
+    if not num_classes:
+        if given:
+            raise ValueError(f"this generator is unconditional: it takes no labels, got {np.size(labels)}")
+        return None
+    if given:
+        return check_labels(labels, n, num_classes)
+    return np.random.default_rng(seed).integers(0, num_classes, size=n, dtype=np.int64)
+
+
+def generate_images(module: torch.nn.Module, latents: np.ndarray | torch.Tensor,
+                    labels: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """Run the generator on (N, z_dim) latents [and (N,) int64 class labels] in chunks; return uint8 (N, H, W, C)."""
+    z = as_latents(latents)
+    extra: list[torch.Tensor] = []
+    if labels is not None:
+        extra = [torch.as_tensor(np.asarray(labels, dtype=np.int64))]
+        if tuple(extra[0].shape) != (z.shape[0],):
+            raise ValueError(f"labels must have shape ({z.shape[0]},) to match the latents, got {tuple(extra[0].shape)}")
     with torch.no_grad():
-        return np.concatenate([to_uint8_hwc(module(z[i : i + CHUNK])) for i in range(0, z.shape[0], CHUNK)])
+        return np.concatenate([to_uint8_hwc(module(z[i : i + CHUNK], *(y[i : i + CHUNK] for y in extra)))
+                               for i in range(0, z.shape[0], CHUNK)])
+
+
+def read_num_classes(config_path: str | Path) -> int:
+    """The class count in a generator.json (0: unconditional, also for files written before conditioning)."""
+    return int(json.loads(Path(config_path).read_text())["net"].get("num_classes", 0))
 
 
 if "mlflow" in sys.modules:  # MLflow is executing this file as the model's code (logging, loading, serving)
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class BadRequestError(MlflowException, ValueError):
+        """Bad latents or labels: a ValueError in Python; under `mlflow models serve`, HTTP 400 whose `message`
+        names the problem (the server answers any other exception with a generic message)."""
+
+        def __init__(self, message: str):
+            super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
     class GeneratorModel(mlflow.pyfunc.PythonModel):
-        """pyfunc: latents (N, z_dim) float32 -> images (N, H, W, C) uint8."""
+        """pyfunc: latents (N, z_dim) float32 -> images (N, H, W, C) uint8. Inference params (declared in the
+        logged signature, so MLflow and `mlflow models serve` pass them through): `labels`, N ints in
+        [0, num_classes), and `seed`, for the uniform labels drawn when a conditional model is given none."""
 
         def load_context(self, context) -> None:
             self.module = load_pt2(context.artifacts["generator"])
+            self.num_classes = read_num_classes(context.artifacts["config"])
 
         # np.ndarray is a hint MLflow accepts without inferring a schema; the logged signature is the schema.
         def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-            return generate_images(self.module, model_input)
+            params = params or {}
+            try:
+                z = as_latents(model_input)
+                labels = labels_for(len(z), self.num_classes, params.get("labels"), params.get("seed"))
+                return generate_images(self.module, z, labels)
+            except ValueError as e:
+                raise BadRequestError(str(e)) from None
 
     mlflow.models.set_model(GeneratorModel())

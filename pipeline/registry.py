@@ -21,6 +21,9 @@ TAG_SAMPLES = "eval.num_samples"
 TAG_EVAL_DATA = "eval.data_hash"  # the reference data the metrics were computed against
 TAG_WEIGHTS = "eval.weights"
 TAG_DECISION = "promotion"
+TAG_CONDITIONAL = "conditional"  # "true" | "false": whether the pyfunc takes the `labels` param
+TAG_NUM_CLASSES = "num_classes"  # conditional only: labels are ints in [0, num_classes)
+TAG_CLASSES = "classes"  # conditional only: JSON list of class names, label k is the k-th
 METRIC_TAG_PREFIX = "eval."  # + a torch-fidelity key, e.g. eval.frechet_inception_distance
 
 # export.promote_metric -> (torch-fidelity key, lower is better).
@@ -121,13 +124,20 @@ def rollback(uri: str, name: str) -> str:
 
 def show(uri: str, name: str, metric: str = "fid") -> str:
     key = METRICS[metric][0]
-    rows = [f"{'version':>7}  {'alias':9} {metric:>10}  {'extractor':24} {'samples':>7}  decision"]
+    rows = [f"{'version':>7}  {'alias':9} {metric:>10}  {'extractor':24} {'samples':>7}  {'classes':>7}  decision"]
     for v in tracking.list_versions(uri, name):
         score = _metric(v["tags"], key)
         rows.append(f"{v['version']:>7}  {','.join(v['aliases']):9} {'-' if score is None else f'{score:.4g}':>10}  "
                     f"{v['tags'].get(TAG_EXTRACTOR, '-'):24} {v['tags'].get(TAG_SAMPLES, '-'):>7}  "
-                    f"{v['tags'].get(TAG_DECISION, '')}")
+                    f"{_classes(v['tags']):>7}  {v['tags'].get(TAG_DECISION, '')}")
     return "\n".join(rows) if len(rows) > 1 else f"{name} has no registered versions at {uri}"
+
+
+def _classes(tags: dict) -> str:
+    """`show`'s conditioning column: the class count of a conditional version, "uncond", or "-" (untagged)."""
+    if tags.get(TAG_CONDITIONAL) == "true":
+        return tags.get(TAG_NUM_CLASSES, "yes")
+    return "uncond" if tags.get(TAG_CONDITIONAL) == "false" else "-"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -218,11 +218,17 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
         raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off or was lost)")
     mlflow = _mlflow(tracker.cfg.uri)
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types import DataType
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     # Unnamed tensor specs: the pyfunc receives a plain ndarray, and REST accepts {"inputs": [[...], ...]}.
+    # Inference params reach predict only when declared (MLflow drops undeclared ones with a warning), so they are
+    # declared for unconditional models too: there, the pyfunc refuses `labels` instead of silently ignoring them.
+    # REST: {"inputs": [...], "params": {"labels": [3, 3, 7], "seed": 0}}.
+    params = ParamSchema([ParamSpec("labels", DataType.long, [], shape=(-1,)),  # [] = draw labels uniformly
+                          ParamSpec("seed", DataType.long, None)])  # for those draws; None = fresh entropy
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, z_dim))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_hwc))]))
+                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_hwc))]), params=params)
     example = np.zeros((2, z_dim), np.float32)  # batch >= 2, see STACK-NOTES; the pt2 batch is dynamic anyway
     with _registry_call("logging the pyfunc model"), mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,

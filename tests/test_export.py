@@ -46,6 +46,15 @@ def test_torch_formats_equal_generator_exactly(exported, n):
         assert torch.equal(pyfunc_model.load_pt2(files["pt2"])(z), want)  # dynamic batch: n differs from export's 2
 
 
+def test_unconditional_exports_take_z_alone(exported):
+    _, files, _ = exported
+    import onnx
+
+    placeholders = [n.name for n in pyfunc_model.load_pt2(files["pt2"]).graph.nodes if n.op == "placeholder"]
+    assert placeholders == ["z"]
+    assert [i.name for i in onnx.load(str(files["onnx"])).graph.input] == ["z"]
+
+
 @pytest.mark.parametrize("n", [1, 6])
 def test_onnx_matches_generator(exported, n):
     g, files, skipped = exported
@@ -60,11 +69,11 @@ def test_onnx_matches_generator(exported, n):
 
 def test_verify_reports_and_rejects_a_wrong_export(exported, tmp_path):
     g, files, _ = exported
-    errors = export.verify(g, files, NET.z_dim)
+    errors = export.verify(g, files, NET)
     assert errors["pt2"] == 0 and errors["safetensors"] == 0 and errors["onnx"] <= export.ONNX_ATOL
     other = tiny_generator(seed=5)  # same architecture, different weights
     with pytest.raises(export.ExportError, match="differs from the in-memory generator"):
-        export.verify(other, files, NET.z_dim)
+        export.verify(other, files, NET)
 
 
 def test_json_config_describes_the_model(exported):

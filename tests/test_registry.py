@@ -4,12 +4,8 @@ champion loads, generates and serves from anywhere. MLflow lives in a sqlite sto
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +13,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from export_helpers import DATA_HASH, EXTRACTOR, NET, params_for, save_models, start_run, write_eval
+from export_helpers import (
+    DATA_HASH,
+    EXTRACTOR,
+    NET,
+    fresh_env,
+    params_for,
+    post_json,
+    save_models,
+    serving,
+    start_run,
+    write_eval,
+)
 
 from pipeline import export, generate, registry, tracking
 from pipeline.nets import to_uint8
@@ -100,6 +107,16 @@ def test_first_export_is_registered_tagged_and_champion(env):
     for name in ("generator.safetensors", "generator.json", "generator.pt2", "generator.onnx"):
         assert f"export: {name}" in env.out and (env.root / "export1" / name).exists()
     assert "wall time" in env.out and "is now the champion" in env.out
+    assert tags[registry.TAG_CONDITIONAL] == "false" and registry.TAG_CLASSES not in tags
+
+
+def test_unconditional_pyfunc_refuses_labels(env):
+    model = tracking.load_pyfunc(f"models:/{NAME}@champion", env.uri)
+    assert [p.name for p in model.metadata.get_params_schema().params] == ["labels", "seed"]
+    z = generate.latents(2, NET.z_dim, seed=1).numpy()
+    assert np.array_equal(model.predict(z, params={"seed": 4}), _expected(env.g, z))  # seed: only for label draws
+    with pytest.raises(ValueError, match="unconditional: it takes no labels, got 2"):
+        model.predict(z, params={"labels": [0, 1]})
 
 
 def test_worse_export_stays_registered_without_the_alias(env, capsys):
@@ -157,11 +174,6 @@ def test_generate_from_registry_and_run(env, tmp_path):
     assert np.array_equal(from_run, images)
 
 
-def _fresh_env(env) -> dict:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_"))}
-    return {**keep, "MLFLOW_TRACKING_URI": env.uri}
-
-
 def test_champion_loads_in_a_fresh_directory_without_the_repo(env, tmp_path):
     z = generate.latents(3, NET.z_dim, seed=5).numpy()
     np.save(tmp_path / "z.npy", z)
@@ -170,57 +182,19 @@ def test_champion_loads_in_a_fresh_directory_without_the_repo(env, tmp_path):
             "sys.modules['pipeline'] = None  # as if the project were not installed (CI installs it editable)\n"
             f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
             "np.save('out.npy', m.predict(np.load('z.npy')))\n")
-    subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=_fresh_env(env), check=True, timeout=300)
+    subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=fresh_env(env.uri), check=True, timeout=300)
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (3, 16, 16, 1) and np.array_equal(out, _expected(env.g, z))
 
 
 @pytest.mark.slow
 def test_serve_answers_a_rest_request(env, tmp_path):
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
-           "local", "-h", "127.0.0.1", "-p", str(port)]
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_fresh_env(env), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/ping", proc, seconds=180)
-        z = generate.latents(2, NET.z_dim, seed=3).numpy()
-        body = json.dumps({"inputs": z.tolist()}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            images = np.asarray(json.loads(resp.read())["predictions"])
+    z = generate.latents(2, NET.z_dim, seed=3).numpy()
+    with serving(f"models:/{NAME}@champion", env.uri, tmp_path) as url:
+        status, answer = post_json(f"{url}/invocations", {"inputs": z.tolist()})
+        assert status == 200, answer
+        images = np.asarray(answer["predictions"])
         assert images.shape == (2, 16, 16, 1) and images.min() >= 0 and images.max() <= 255
         assert np.array_equal(images.astype(np.uint8), _expected(env.g, z))  # JSON carries the ints exactly
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    assert proc.returncode is not None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"mlflow models serve did not answer {url} within {seconds} s")
+        status, answer = post_json(f"{url}/invocations", {"inputs": z.tolist(), "params": {"labels": [0, 1]}})
+        assert status == 400 and "unconditional: it takes no labels, got 2" in answer["message"]
