@@ -92,7 +92,7 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
                                      load_split(paths.prepared, "ref").labels, meta["classes"])
             results["intra_fid_mean"] = float(np.mean(list(intra.values())))
             report[f"{name}/intra_fid"] = intra
-        report["eval_info"] = {"extractor": name, "num_samples": ec.num_samples, "weights": ec.weights,
+        report["eval_info"] = {**scorer.info(), "num_samples": ec.num_samples, "weights": ec.weights,
                                "data_hash": meta["hash"], "conditional": bool(G.cfg.num_classes)}
         paths.metrics.parent.mkdir(parents=True, exist_ok=True)
         paths.metrics.write_text(json.dumps(report, indent=2) + "\n")

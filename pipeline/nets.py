@@ -42,7 +42,7 @@ class NetConfig:
         return cls(**known)
 
 
-def _n_doublings(image_size: int) -> int:
+def n_doublings(image_size: int) -> int:
     n = int(math.log2(image_size)) - 2  # 4x4 -> image_size
     if image_size < 16 or 2 ** (n + 2) != image_size:
         raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
@@ -71,7 +71,7 @@ class Generator(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
-        n = _n_doublings(cfg.image_size)
+        n = n_doublings(cfg.image_size)
         ch = cfg.g_channels * 2 ** (n - 1)
         self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.num_classes else None
         z_in = cfg.z_dim * (2 if cfg.num_classes else 1)  # z concatenated with the class embedding
@@ -89,11 +89,11 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
-            z = torch.cat([z, self.embed(labels)], dim=1)
+            z = torch.cat([z, self.embed(require_labels(self.cfg, labels))], dim=1)
         return self.main(z.view(z.shape[0], -1, 1, 1))
 
 
-def _norm(kind: str, ch: int) -> list[nn.Module]:
+def norm_layers(kind: str, ch: int) -> list[nn.Module]:
     if kind == "batch":
         return [nn.BatchNorm2d(ch)]
     if kind == "instance":
@@ -113,11 +113,11 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         sn = spectral_norm_fn(cfg.spectral_norm)
         drop = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
-        n = _n_doublings(cfg.image_size)
+        n = n_doublings(cfg.image_size)
         ch = cfg.d_channels
         layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels, ch, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
         for _ in range(n - 1):
-            layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)), *_norm(cfg.d_norm, ch * 2),
+            layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)), *norm_layers(cfg.d_norm, ch * 2),
                        nn.LeakyReLU(0.2, True), *drop]
             ch *= 2
         self.main = nn.Sequential(*layers)  # (B, ch, 4, 4)
@@ -131,6 +131,12 @@ class Discriminator(nn.Module):
         return score if self.project is None else score + self.project(h.sum(dim=(2, 3)), labels)
 
 
+def require_labels(cfg: NetConfig, labels: torch.Tensor | None) -> torch.Tensor:
+    if labels is None:
+        raise ValueError(f"this {cfg.arch} network is class-conditional ({cfg.num_classes} classes): pass labels")
+    return labels
+
+
 class ProjectionHead(nn.Module):
     """The projection discriminator's class term: <embed(y), phi(x)> added to D's unconditional score."""
 
@@ -139,7 +145,9 @@ class ProjectionHead(nn.Module):
         self.embed = sn(nn.Embedding(num_classes, features))
         nn.init.normal_(raw_weight(self.embed), 0.0, 0.02)
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("this discriminator is class-conditional: pass labels")
         return (self.embed(labels) * features).sum(dim=1)  # (B,)
 
 

@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.nets import NetConfig, ProjectionHead, _n_doublings, _norm, raw_weight, spectral_norm_fn
+from pipeline.nets import (
+    NetConfig,
+    ProjectionHead,
+    n_doublings,
+    norm_layers,
+    raw_weight,
+    require_labels,
+    spectral_norm_fn,
+)
 
 
 def _init(m: nn.Module) -> None:
@@ -67,7 +75,7 @@ class ResNetGenerator(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
-        n = _n_doublings(cfg.image_size)
+        n = n_doublings(cfg.image_size)
         widths = [cfg.g_channels * 2 ** (n - 1 - i) for i in range(n)] + [cfg.g_channels]
         self.fc = nn.Linear(cfg.z_dim, 16 * widths[0])  # (B, w0 * 4 * 4)
         self.blocks = nn.ModuleList(GBlock(a, b, cfg.num_classes) for a, b in zip(widths[:-1], widths[1:], strict=True))
@@ -76,9 +84,10 @@ class ResNetGenerator(nn.Module):
         self.apply(_init)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = require_labels(self.cfg, labels) if self.cfg.num_classes else None
         h = self.fc(z).view(z.shape[0], -1, 4, 4)
         for block in self.blocks:
-            h = block(h, labels if self.cfg.num_classes else None)
+            h = block(h, labels)
         return torch.tanh(self.out(F.relu(self.bn(h))))
 
 
@@ -91,7 +100,7 @@ class DBlock(nn.Module):
         sn = spectral_norm_fn(cfg.spectral_norm)
         self.first = first
         self.conv1, self.conv2 = sn(nn.Conv2d(cin, cout, 3, 1, 1)), sn(nn.Conv2d(cout, cout, 3, 1, 1))
-        self.norm = nn.Sequential(*_norm(cfg.d_norm, cout))
+        self.norm = nn.Sequential(*norm_layers(cfg.d_norm, cout))
         self.skip = sn(nn.Conv2d(cin, cout, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +117,7 @@ class ResNetDiscriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         sn = spectral_norm_fn(cfg.spectral_norm)
-        n = _n_doublings(cfg.image_size)
+        n = n_doublings(cfg.image_size)
         widths = [cfg.channels] + [cfg.d_channels * 2**i for i in range(n)]
         self.blocks = nn.Sequential(*(DBlock(a, b, cfg, first=i == 0)
                                       for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))))

@@ -29,7 +29,7 @@ def test_real_params_yaml_loads_with_public_keys():
         ({"train": {"lr_d": 0}}, "params.yaml: train.lr_d must be a number > 0, got 0.0"),
         ({"train": {"beta2": 1.5}}, "params.yaml: train.beta2 must be a number >= 0 <= 1, got 1.5"),
         ({"train": {"loss": "wgan_gp"}},
-         "params.yaml: train.loss must be one of bce, wgan, wgan-gp, hinge, lsgan, got 'wgan_gp'"),
+         "params.yaml: train.loss must be one of bce, wgan, wgan-gp, hinge, lsgan, rpgan, got 'wgan_gp'"),
         ({"train": {"lernrate": 1}}, "params.yaml: unknown key train.lernrate"),
         ({"trian": {"steps": 1}}, "params.yaml: unknown section trian"),
         ({"data": {"image_size": 48}}, "params.yaml: data.image_size must be one of 16, 32, 64, 128, got 48"),

@@ -85,8 +85,9 @@ def test_evaluate_writes_eval_json_and_grid_and_logs_them_to_the_run(pipe, tmp_p
     run_stage(evaluate_stage.main, stage_args(root, root / "a") + FAST[:4] + sets)
     report = json.loads((root / "a/eval.json").read_text())
     assert set(report) == {"classifier-digits", "eval_info"}
-    assert report["eval_info"] == {"extractor": "classifier-digits", "num_samples": 200, "weights": "ema",
-                                   "data_hash": pipe["meta"]["hash"]}
+    assert report["eval_info"] == {"extractor": "classifier-digits", "extractor_comparable": "in-domain only",
+                                   "num_samples": 200, "weights": "ema", "data_hash": pipe["meta"]["hash"],
+                                   "conditional": False}
     scores = report["classifier-digits"]
     assert set(scores) == {"inception_score_mean", "inception_score_std", "frechet_inception_distance",
                            "kernel_inception_distance_mean", "kernel_inception_distance_std", "precision", "recall",
@@ -217,3 +218,30 @@ def test_distributed_evaluation_equals_single_process(pipe, tmp_path):
     ref_feats = [torch.load(next((tmp_path / t / "fidelity_cache").glob("*features-feat.pt"))) for t in ("th1", "th2")]
     assert torch.allclose(ref_feats[0], ref_feats[1], rtol=1e-5, atol=1e-5)  # the sharded cold cache too
     assert np.isfinite(ref_feats[1].numpy()).all()
+
+
+def test_conditional_generator_gets_intra_fid_per_class_and_a_row_per_class(pipe, tmp_path):
+    """Labels are balanced over the classes; intra-FID compares each class with its own reference images."""
+    from PIL import Image
+
+    from pipeline.nets import make_generator
+
+    root = pipe["root"]
+    cfg = NetConfig(z_dim=16, image_size=16, channels=1, g_channels=8, num_classes=10)
+    torch.manual_seed(0)
+    g = make_generator(cfg)
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Embedding)):
+                m.weight.normal_(0.0, 0.3)
+    save_generator(g, tmp_path / "models/generator_ema.safetensors", tmp_path / "models/generator.json", cfg,
+                   {"data_hash": pipe["meta"]["hash"]})
+    run_stage(evaluate_stage.main, stage_args(root, tmp_path / "out", models=tmp_path / "models") + FAST)
+    report = json.loads((tmp_path / "out/eval.json").read_text())
+    intra = report["classifier-digits/intra_fid"]
+    assert list(intra) == [str(k) for k in range(10)] and all(v > 0 and math.isfinite(v) for v in intra.values())
+    scores = report["classifier-digits"]
+    assert scores["intra_fid_mean"] == pytest.approx(sum(intra.values()) / 10)
+    assert report["eval_info"]["conditional"] is True
+    grid = np.asarray(Image.open(tmp_path / "out/plots/samples.png"))
+    assert grid.shape[:2] == (10 * 18 + 2, 8 * 18 + 2)  # one row of 8 per class, 16 px + 2 px padding

@@ -34,7 +34,8 @@ def test_outputs(prepared_dir, tmp_path):
     metrics = run_tiny(prepared_dir, tmp_path)
     g, cfg = load_generator(tmp_path / "models" / "generator_ema.safetensors", tmp_path / "models" / "generator.json")
     assert cfg["net"]["image_size"] == 16 and cfg["data_hash"] and cfg["params"]["train"]["steps"] == 12
-    assert g(torch.randn(2, 16)).shape == (2, 1, 16, 16)
+    assert cfg["net"]["num_classes"] == 10  # digits are labelled: model.conditional auto is on
+    assert g(torch.randn(2, 16), torch.tensor([3, 7])).shape == (2, 1, 16, 16)
     saved = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert saved == metrics and saved["steps"] == 12 and saved["img_per_s"] > 0 and saved["world_size"] == 1
     rows = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()
@@ -104,9 +105,9 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(prepared_d
     real_g_loss = losses.g_loss
     calls = {"n": 0}
 
-    def exploding(kind, fake):
+    def exploding(kind, fake, real=None):
         calls["n"] += 1
-        out = real_g_loss(kind, fake)
+        out = real_g_loss(kind, fake, real)
         return out * float("nan") if calls["n"] == 9 else out  # the 9th G step
 
     monkeypatch.setattr(losses, "g_loss", exploding)

@@ -1,0 +1,229 @@
+"""The evolved recipes: ResNet arch, rpgan + R1/R2, DiffAugment/ADA, class conditioning; their refusals, the
+augmentation's identity and gradient flow, every loss with every arch, and exact resume with all of them on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_tiny, tiny_params
+
+from pipeline import augment, checkpoint, losses
+from pipeline.config import ARCHS, LOSSES, DataConfig, ParamsError, parse_params
+from pipeline.data import DataError, prepare
+from pipeline.nets import NetConfig, build, grid_inputs, make_generator, sample_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# --- Augmentation -----------------------------------------------------------------------------------------------
+
+def test_augment_at_p_zero_is_the_identity():
+    x = torch.randn(16, 3, 16, 16)
+    assert augment.augment(x, 0.0) is x
+    assert torch.equal(augment.augment(x, torch.zeros(())), x)  # ADA's tensor p, at 0
+
+
+def test_augment_at_p_one_changes_every_image_and_keeps_the_shape():
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 16, 16) * 2 - 1
+    y = augment.augment(x, 1.0)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert ((y - x).flatten(1).abs().amax(dim=1) > 0).all()
+
+
+def test_translation_shifts_content_and_pads_with_zeros():
+    torch.manual_seed(1)
+    x = torch.ones(64, 1, 16, 16)
+    y = augment._translate(x)
+    zeros = (y == 0).flatten(1).sum(dim=1)
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    assert (zeros > 0).any() and (zeros == 0).any()  # most images move, some (shift 0, 0) do not
+    assert zeros.max() <= 16 * 16 - 14 * 14  # at most 2 px (1/8 of 16) in each direction
+
+
+def test_cutout_blanks_a_square_of_half_the_side():
+    torch.manual_seed(2)
+    y = augment._cutout(torch.ones(8, 3, 16, 16))
+    assert ((y == 0).all(dim=1).flatten(1).sum(dim=1) == 8 * 8).all()
+
+
+def test_gradients_reach_the_generator_through_the_augmentation():
+    torch.manual_seed(3)
+    cfg = NetConfig(z_dim=8, image_size=16, channels=1, g_channels=4, d_channels=4, num_classes=3)
+    for arch in ARCHS:
+        G, D = build(NetConfig(**{**cfg.to_dict(), "arch": arch}))
+        labels = torch.arange(6) % 3
+        losses.g_loss("bce", D(augment.augment(G(torch.randn(6, 8), labels), 1.0), labels)).backward()
+        grads = [p.grad for p in G.parameters()]
+        assert all(g is not None for g in grads), arch
+        assert sum(float(g.abs().sum()) for g in grads) > 0, arch
+
+
+def test_ada_raises_p_while_d_overfits_and_lowers_it_otherwise():
+    ada = augment.AdaptiveP(target=0.6, kimg=1.0, batch=100, interval=2, device=torch.device("cpu"))
+    assert float(ada.p) == 0.0
+    ada.observe(torch.ones(100))  # D sure of every real: r_t = 1 > 0.6
+    assert float(ada.adjust()) == 1.0
+    assert float(ada.p) == pytest.approx(0.2)  # batch * interval / (kimg * 1000)
+    for _ in range(10):
+        ada.observe(torch.ones(100))
+        ada.adjust()
+    assert float(ada.p) == 1.0  # clamped
+    ada.observe(-torch.ones(100))
+    ada.adjust()
+    assert float(ada.p) == pytest.approx(0.8)
+    state = ada.state()
+    other = augment.AdaptiveP(0.6, 1.0, 100, 2, torch.device("cpu"))
+    other.load(state)
+    assert other.state() == state
+
+
+# --- Losses -----------------------------------------------------------------------------------------------------
+
+def test_rpgan_pairs_real_and_fake_scores():
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    assert losses.d_loss("rpgan", real, fake).item() == pytest.approx(
+        (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(2.0))) / 2)
+    assert losses.g_loss("rpgan", torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+    # Shifting every score by a constant changes nothing: only the pairwise difference counts.
+    assert losses.d_loss("rpgan", real + 5, fake + 5).item() == pytest.approx(losses.d_loss("rpgan", real, fake).item())
+
+
+def test_zero_centred_penalty_of_a_linear_critic_is_its_squared_norm_in_fp32():
+    w = torch.randn(1, 12)
+    critic = lambda v: v.flatten(1) @ w.T  # noqa: E731
+    x = torch.randn(5, 3, 2, 2)
+    assert losses.zero_centred_penalty(critic, x).item() == pytest.approx(w.square().sum().item(), rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = losses.zero_centred_penalty(critic, x.bfloat16())
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(w.square().sum().item(), rel=1e-5)
+
+
+# --- Params: every wrong combination refused in one line ----------------------------------------------------------
+
+@pytest.mark.parametrize("raw, message", [
+    ({"model": {"d_norm": "batch"}, "train": {"r1_gamma": 1.0}},
+     "model.d_norm=batch cannot be used with train.r1_gamma>0"),
+    ({"model": {"d_norm": "batch"}, "train": {"loss": "rpgan", "r2_gamma": 0.5}},
+     "model.d_norm=batch cannot be used with train.r2_gamma>0"),
+    ({"model": {"spectral_norm": True}, "train": {"loss": "wgan"}},
+     "model.spectral_norm=true cannot be used with train.loss=wgan"),
+    ({"train": {"augment": "flip"}}, "train.augment must be one of none, diffaug, ada"),
+    ({"model": {"conditional": "yes"}}, "model.conditional must be one of auto, true, false"),
+    ({"train": {"r1_gamma": -1}}, "train.r1_gamma must be a number >= 0"),
+    ({"train": {"augment_p": 1.5}}, "train.augment_p must be a number >= 0 <= 1"),
+])
+def test_wrong_combinations_are_refused_in_one_line(raw, message):
+    with pytest.raises(ParamsError) as e:
+        parse_params(raw)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_booleans_spell_model_conditional():
+    assert parse_params({"model": {"conditional": True}}).model.conditional == "true"
+    assert parse_params({"model": {"conditional": False}}).model.conditional == "false"
+
+
+def test_d_norm_auto_under_penalties_and_for_resnet():
+    assert parse_params({"train": {"r1_gamma": 1.0}}).resolved_d_norm() == "layer"
+    assert parse_params({"train": {"loss": "rpgan"}}).resolved_d_norm() == "batch"
+    assert parse_params({"model": {"arch": "resnet"}}).resolved_d_norm() == "none"
+
+
+def test_conditional_true_on_unlabelled_data_is_refused(tmp_path):
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(40):  # images at the top level: no class folders, so no labels
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    prepared = tmp_path / "prepared"
+    prepare(DataConfig(dataset="imagefolder", root=str(root), image_size=16, channels=3), prepared)
+    with pytest.raises(DataError, match="model.conditional is true but the prepared data has no labels"):
+        run_tiny(prepared, tmp_path / "run", tiny_params(model={"conditional": True}))
+    metrics = run_tiny(prepared, tmp_path / "auto", tiny_params(train={"steps": 2}))  # auto: unconditional
+    _, cfg = checkpoint.load_generator(tmp_path / "auto/models/generator.safetensors",
+                                       tmp_path / "auto/models/generator.json")
+    assert metrics["steps"] == 2 and cfg["net"]["num_classes"] == 0
+
+
+def test_cuda_graphs_refuse_what_they_cannot_capture(prepared_dir, tmp_path):
+    with pytest.raises(ParamsError, match="class-conditional model is not graphed yet"):
+        run_tiny(prepared_dir, tmp_path, tiny_params(train={"cuda_graphs": True}))
+    with pytest.raises(ParamsError, match="train.augment=ada is not graphed yet"):
+        run_tiny(prepared_dir, tmp_path, tiny_params(train={"cuda_graphs": True, "augment": "ada"},
+                                                     model={"conditional": False}))
+
+
+# --- Networks -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resnet_shapes_and_ranges(size, channels):
+    g, d = build(NetConfig(arch="resnet", image_size=size, channels=channels, z_dim=10, g_channels=4, d_channels=4,
+                           spectral_norm=True, dropout=0.2))
+    x = g(torch.randn(3, 10))
+    assert x.shape == (3, channels, size, size) and x.min() >= -1 and x.max() <= 1
+    assert d(x).shape == (3,)
+    assert any("parametrizations" in name for name, _ in d.named_modules())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conditional_networks_use_the_labels(arch):
+    torch.manual_seed(0)
+    g, d = build(NetConfig(arch=arch, image_size=16, channels=1, z_dim=8, g_channels=4, d_channels=4, num_classes=3))
+    g.eval()
+    for m in g.modules():  # a trained G's embeddings differ per class; the fresh init of CBN (1, 0) would not
+        if isinstance(m, torch.nn.Embedding):
+            m.weight.data.normal_(0.0, 1.0)
+    z = torch.randn(4, 8)
+    a, b = g(z, torch.zeros(4, dtype=torch.long)), g(z, torch.full((4,), 2))
+    assert not torch.equal(a, b)
+    x = torch.randn(4, 1, 16, 16)
+    assert not torch.equal(d(x, torch.zeros(4, dtype=torch.long)), d(x, torch.full((4,), 2)))
+
+
+def test_conditional_grid_has_one_row_per_class():
+    cfg = NetConfig(image_size=16, channels=1, z_dim=8, g_channels=4, num_classes=3)
+    z, labels, per_row = grid_inputs(cfg, seed=0)
+    assert labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8 and per_row == 8
+    grid = sample_grid(make_generator(cfg), z, labels, per_row)
+    assert grid.shape == (3 * 18 + 2, 8 * 18 + 2, 3)
+
+
+# --- Training: every loss with every arch; exact resume with every new part on ------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_with_every_arch(prepared_dir, tmp_path, arch, loss):
+    params = tiny_params(model={"arch": arch}, train={"loss": loss, "steps": 2, "log_every_steps": 1,
+                                                       "augment": "diffaug", "r1_gamma": 0.1})
+    run_tiny(prepared_dir, tmp_path, params)
+    header = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()[0].split(",")
+    assert "Loss_r1" in header and "Loss_D" in header
+    rows = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()[1:]
+    assert all(math.isfinite(float(v)) for r in rows for v in r.split(",") if v)
+
+
+def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_and_labels(prepared_dir, tmp_path):
+    extra = {"loss": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "gp_every": 2, "augment": "ada", "ada_kimg": 0.05,
+             "ada_interval_steps": 2, "ada_target": 0.1}
+    full = tiny_params(model={"arch": "resnet"}, train=extra)
+    run_tiny(prepared_dir, tmp_path / "full", full)
+    run_tiny(prepared_dir, tmp_path / "resumed", tiny_params(model={"arch": "resnet"}, train={**extra, "steps": 6}))
+    assert run_tiny(prepared_dir, tmp_path / "resumed", full)["resumed_from_step"] == 6
+    for name in ("generator.safetensors", "generator_ema.safetensors"):
+        a, b = (checkpoint.load_weights(tmp_path / d / "models" / name) for d in ("full", "resumed"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    curves = [(tmp_path / d / "plots" / "train_loss.csv").read_text().splitlines() for d in ("full", "resumed")]
+    header = curves[0][0].split(",")
+    p_col = header.index("Augment_p")
+    assert [r.split(",")[p_col] for r in curves[0][1:]] == [r.split(",")[p_col] for r in curves[1][1:]]
+    assert max(float(r.split(",")[p_col]) for r in curves[0][1:]) > 0  # ADA moved p
+    _, cfg = checkpoint.load_generator(tmp_path / "full/models/generator.safetensors",
+                                       tmp_path / "full/models/generator.json")
+    assert cfg["net"]["num_classes"] == 10 and cfg["net"]["arch"] == "resnet"
