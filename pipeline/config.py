@@ -62,6 +62,9 @@ class ModelConfig:
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
     conditional: str = spec("auto", choices=("auto", "true", "false"),
                             doc="class-conditional G and projection D; auto = on when the prepared data has labels")
+    g_conditioning: str = spec("cbn", choices=("cbn", "concat"),
+                               doc="how a conditional DCGAN G takes the class: conditional BatchNorm, or a class "
+                                   "embedding concatenated to z (the ResNet G always uses conditional BatchNorm)")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class TrainConfig:
     gp_every: int = spec(1, ge=1, doc="lazy regularisation: wgan-gp / R1 / R2 every k D steps, weighted by k")
     r1_gamma: float = spec(0.0, ge=0.0, doc="zero-centred R1 on reals: gamma/2 E|grad D(x)|^2 (0 = off)")
     r2_gamma: float = spec(0.0, ge=0.0, doc="zero-centred R2 on fakes: gamma/2 E|grad D(G(z))|^2 (0 = off)")
+    cond_ramp_start_steps: int = spec(0, ge=0, doc="transitional conditioning: class terms off until this step")
+    cond_ramp_end_steps: int = spec(0, ge=0, doc="... then ramped linearly to full strength at this step (0 = "
+                                                 "conditional from the start)")
+    mode_seeking: float = spec(0.0, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
     augment: str = spec("none", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
     augment_p: float = spec(1.0, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
@@ -257,6 +264,12 @@ def _check_combinations(p: Params) -> None:
         raise ParamsError(
             f"params.yaml: model.d_norm=batch cannot be used with {penalties[0]}: BatchNorm mixes samples, "
             "so the per-sample gradient penalty is wrong; use auto, layer, instance or none"
+        )
+    end = p.train.cond_ramp_end_steps
+    if end and not p.train.cond_ramp_start_steps <= end <= p.train.steps:
+        raise ParamsError(
+            f"params.yaml: train.cond_ramp_end_steps must be 0 or between train.cond_ramp_start_steps "
+            f"({p.train.cond_ramp_start_steps}) and train.steps ({p.train.steps}), got {end}"
         )
     if p.train.loss == "wgan" and p.model.spectral_norm:
         raise ParamsError(

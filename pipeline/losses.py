@@ -3,7 +3,7 @@
 bce: non-saturating (Goodfellow et al., 2014); wgan: Arjovsky et al., 2017 (weight clipping);
 wgan-gp: Gulrajani et al., 2017; hinge: Lim & Ye, 2017 / Miyato et al., 2018; lsgan: Mao et al., 2017;
 rpgan: the relativistic pairing loss (Jolicoeur-Martineau, 2018; Huang et al., 2024, R3GAN, arXiv:2501.05441) with
-zero-centred R1/R2 penalties (Mescheder et al., 2018).
+zero-centred R1/R2 penalties (Mescheder et al., 2018); the mode-seeking term of MSGAN (Mao et al., 2019).
 """
 
 from __future__ import annotations
@@ -81,6 +81,16 @@ def zero_centred_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x: torc
         x = x.detach().float().requires_grad_(True)
         (grad,) = torch.autograd.grad(critic(x).float().sum(), x, create_graph=True)
         return grad.flatten(1).square().sum(dim=1).mean()
+
+
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking term (Mao et al., 2019, MSGAN, arXiv:1903.05628): 1 / (|G(z1) - G(z2)| / |z1 - z2|), over the
+    pairs (i, i + B/2) of the batch. Minimising it makes G's output move with z, against collapse to one sample per
+    class."""
+    half = fake.shape[0] // 2
+    d_img = (fake[:half].float() - fake[half : 2 * half].float()).abs().flatten(1).mean(dim=1)
+    d_z = (z[:half].float() - z[half : 2 * half].float()).abs().mean(dim=1)
+    return (1.0 / (d_img / d_z + eps)).mean()
 
 
 def clip_weights(module: torch.nn.Module, bound: float) -> None:

@@ -32,6 +32,7 @@ class NetConfig:
     dropout: float = 0.0
     spectral_norm: bool = False
     num_classes: int = 0  # > 0: class-conditional G and projection D; G(z, labels), D(x, labels)
+    g_conditioning: str = "cbn"  # DCGAN G: "cbn" (conditional BatchNorm) or "concat" (embedding next to z)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,32 +66,87 @@ def dcgan_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+class ConditionScale(nn.Module):
+    """A class term's strength in [0, 1], as a buffer: 1 is plain conditioning; the training loop ramps it up from 0
+    for the transitional training of Shahbazi et al., 2022 (arXiv:2201.06578), against collapse on small data. It is
+    saved with the weights, so an exported G carries the value it was trained to (1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("cond_scale", torch.ones(()))
+
+
+def set_condition_scale(module: nn.Module, value: float) -> None:
+    for m in module.modules():
+        if isinstance(m, ConditionScale):
+            m.cond_scale.fill_(value)
+
+
+class CondBatchNorm(ConditionScale):
+    """BatchNorm whose scale and shift come from the class (conditional BN, de Vries et al., 2017; BigGAN)."""
+
+    def __init__(self, ch: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(ch, affine=False)
+        self.gain, self.bias = nn.Embedding(num_classes, ch), nn.Embedding(num_classes, ch)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        gain = 1.0 + self.cond_scale * (self.gain(labels) - 1.0)
+        return self.bn(x) * gain[:, :, None, None] + (self.cond_scale * self.bias(labels))[:, :, None, None]
+
+
+class ClassEmbedding(ConditionScale):
+    """The class as a vector next to z (the concatenating G's input)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.cond_scale * self.embed(labels)
+
+
+def g_norm(ch: int, num_classes: int) -> nn.Module:
+    """G's normalisation: BatchNorm, or class-conditional BatchNorm when the model is conditional."""
+    return CondBatchNorm(ch, num_classes) if num_classes else nn.BatchNorm2d(ch)
+
+
 class Generator(nn.Module):
-    """z (B, z_dim) -> image (B, C, S, S) in [-1, 1]."""
+    """z (B, z_dim) [, labels (B,)] -> image (B, C, S, S) in [-1, 1]. Conditional, "cbn": every BatchNorm takes its
+    scale and shift from the class; "concat": a class embedding enters the first layer next to z."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
         n = n_doublings(cfg.image_size)
         ch = cfg.g_channels * 2 ** (n - 1)
-        self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.num_classes else None
-        z_in = cfg.z_dim * (2 if cfg.num_classes else 1)  # z concatenated with the class embedding
+        concat = bool(cfg.num_classes) and cfg.g_conditioning == "concat"
+        self.embed = ClassEmbedding(cfg.num_classes, cfg.z_dim) if concat else None
+        k = 0 if concat else cfg.num_classes
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_in, ch, 4, 1, 0, bias=False),  # (B, ch, 4, 4)
-            nn.BatchNorm2d(ch),
+            nn.ConvTranspose2d(cfg.z_dim * (2 if concat else 1), ch, 4, 1, 0, bias=False),  # (B, ch, 4, 4)
+            g_norm(ch, k),
             nn.ReLU(True),
         ]
         for _ in range(n - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), g_norm(ch // 2, k), nn.ReLU(True)]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.cfg.num_classes:
+            return self.main(z.view(z.shape[0], -1, 1, 1))
+        labels = require_labels(self.cfg, labels)
         if self.embed is not None:
-            z = torch.cat([z, self.embed(require_labels(self.cfg, labels))], dim=1)
-        return self.main(z.view(z.shape[0], -1, 1, 1))
+            return self.main(torch.cat([z, self.embed(labels)], dim=1).view(z.shape[0], -1, 1, 1))
+        h = z.view(z.shape[0], -1, 1, 1)
+        for layer in self.main:
+            h = layer(h, labels) if isinstance(layer, CondBatchNorm) else layer(h)
+        return h
 
 
 def norm_layers(kind: str, ch: int) -> list[nn.Module]:
@@ -137,7 +193,7 @@ def require_labels(cfg: NetConfig, labels: torch.Tensor | None) -> torch.Tensor:
     return labels
 
 
-class ProjectionHead(nn.Module):
+class ProjectionHead(ConditionScale):
     """The projection discriminator's class term: <embed(y), phi(x)> added to D's unconditional score."""
 
     def __init__(self, num_classes: int, features: int, sn: Callable[[nn.Module], nn.Module]):
@@ -148,7 +204,7 @@ class ProjectionHead(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             raise ValueError("this discriminator is class-conditional: pass labels")
-        return (self.embed(labels) * features).sum(dim=1)  # (B,)
+        return self.cond_scale * (self.embed(labels) * features).sum(dim=1)  # (B,)
 
 
 def spectral_norm_fn(enabled: bool) -> Callable[[nn.Module], nn.Module]:

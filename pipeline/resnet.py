@@ -1,5 +1,5 @@
 """Residual G and D for 16-128 px in the style of SNGAN (Miyato et al., 2018, arXiv:1802.05957) and BigGAN (Brock et
-al., 2018, arXiv:1809.11096): pre-activation up/down blocks with 1x1 shortcuts, conditional BatchNorm in G, a
+al., 2018, arXiv:1809.11096): pre-activation up/down blocks with 1x1 shortcuts, conditional BatchNorm in G (nets.g_norm), a
 projection head in D (Miyato & Koyama, 2018), optional spectral norm and Dropout in D.
 
 Widths follow the DCGAN arch's meaning of the config: G narrows from g_channels * 2^(n-1) to g_channels, D widens
@@ -17,6 +17,7 @@ from torch import nn
 from pipeline.nets import (
     NetConfig,
     ProjectionHead,
+    g_norm,
     n_doublings,
     norm_layers,
     raw_weight,
@@ -34,38 +35,19 @@ def _init(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class CondBatchNorm(nn.Module):
-    """BatchNorm whose scale and shift come from the class (conditional BN, de Vries et al., 2017); plain
-    affine BatchNorm when unconditional."""
-
-    def __init__(self, ch: int, num_classes: int):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(ch, affine=not num_classes)
-        if num_classes:
-            self.gain = nn.Embedding(num_classes, ch)
-            self.bias = nn.Embedding(num_classes, ch)
-            nn.init.ones_(self.gain.weight)
-            nn.init.zeros_(self.bias.weight)
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        h = self.bn(x)
-        if labels is None:
-            return h
-        return h * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
-
-
 class GBlock(nn.Module):
     """x (B, cin, s, s) -> (B, cout, 2s, 2s): BN-ReLU-up-conv3-BN-ReLU-conv3, plus up-conv1 shortcut."""
 
     def __init__(self, cin: int, cout: int, num_classes: int):
         super().__init__()
-        self.bn1, self.bn2 = CondBatchNorm(cin, num_classes), CondBatchNorm(cout, num_classes)
+        self.bn1, self.bn2 = g_norm(cin, num_classes), g_norm(cout, num_classes)
         self.conv1, self.conv2 = nn.Conv2d(cin, cout, 3, 1, 1), nn.Conv2d(cout, cout, 3, 1, 1)
         self.skip = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, labels)), scale_factor=2.0, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), labels)))
+        cond = () if labels is None else (labels,)
+        h = F.interpolate(F.relu(self.bn1(x, *cond)), scale_factor=2.0, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), *cond)))
         return h + self.skip(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 

@@ -30,7 +30,7 @@ from pipeline import augment, checkpoint, losses
 from pipeline.cli import use_cpu_cores
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
-from pipeline.nets import NetConfig, build, from_uint8, grid_inputs, sample_grid
+from pipeline.nets import NetConfig, build, from_uint8, grid_inputs, sample_grid, set_condition_scale
 from pipeline.tracking import Tracker
 
 
@@ -55,7 +55,8 @@ def net_config(params: Params, channels: int, num_classes: int = 0) -> NetConfig
     m = params.model
     return NetConfig(arch=m.arch, z_dim=m.z_dim, image_size=params.data.image_size, channels=channels,
                      g_channels=m.g_channels, d_channels=m.d_channels, d_norm=params.resolved_d_norm(),
-                     dropout=m.dropout, spectral_norm=m.spectral_norm, num_classes=num_classes)
+                     dropout=m.dropout, spectral_norm=m.spectral_norm, num_classes=num_classes,
+                     g_conditioning=m.g_conditioning)
 
 
 def num_classes(params: Params, meta: dict) -> int:
@@ -80,6 +81,11 @@ def fingerprint(params: Params, data_hash: str) -> str:
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
     blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def condition_scale(step: int, start: int, end: int) -> float:
+    """0 before `start`, 1 from `end` on, linear between."""
+    return min(1.0, max(0.0, (step - start) / max(end - start, 1)))
 
 
 def _cond(labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -223,6 +229,8 @@ class GANStep:
         """Uniform class labels for a batch of fakes (None when unconditional)."""
         if not self.cfg.num_classes:
             return None
+        if self.tc.mode_seeking > 0:  # paired halves for the mode-seeking term
+            return torch.randint(self.cfg.num_classes, (self.per_rank // 2,), device=self.device).repeat(2)
         return torch.randint(self.cfg.num_classes, (self.per_rank,), device=self.device)
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,6 +244,10 @@ class GANStep:
         tc = self.tc
         torch.manual_seed(step_seed(tc.seed, step, self.acc.process_index))
         self._done.fill_(step + 1)
+        if self.cfg.num_classes and tc.cond_ramp_end_steps:  # transitional conditioning: class terms ramp 0 -> 1
+            scale = condition_scale(step, tc.cond_ramp_start_steps, tc.cond_ramp_end_steps)
+            set_condition_scale(self.G_plain, scale)
+            set_condition_scale(self.D_plain, scale)
         # Which of this step's D updates carry the lazy penalties (wgan-gp, R1, R2: every gp_every D updates).
         gp_at = tuple(self.penalised and (step * tc.n_critic + j) % tc.gp_every == 0 for j in range(tc.n_critic))
         if not self.static:
@@ -298,7 +310,8 @@ class GANStep:
                 y_fake = self._fake_labels()
                 with acc.accumulate(D):
                     with torch.set_grad_enabled(keep), self._autocast():
-                        fake = (G if keep else G_plain)(self._noise(), *_cond(y_fake))
+                        z = self._noise()
+                        fake = (G if keep else G_plain)(z, *_cond(y_fake))
                     with self._autocast():
                         s_real, s_fake = D(aug(x), *_cond(y_real)), D(aug(fake.detach()), *_cond(y_fake))
                     loss_d = losses.d_loss(tc.loss, s_real, s_fake)
@@ -324,10 +337,16 @@ class GANStep:
         for _ in range(tc.grad_accum_steps):
             with acc.accumulate(G):
                 with self._autocast():
-                    fake_g = fake if self.reuse_fake else G(self._noise(), *_cond(y_fake))
+                    if not self.reuse_fake:
+                        z = self._noise()
+                    fake_g = fake if self.reuse_fake else G(z, *_cond(y_fake))
                     s_fake_g = D_plain(aug(fake_g), *_cond(y_fake))
                     s_real_g = D_plain(aug(x), *_cond(y_real)) if tc.loss in losses.NEEDS_REAL_IN_G else None
                     loss_g = losses.g_loss(tc.loss, s_fake_g, s_real_g)
+                    if tc.mode_seeking > 0:  # the batch's halves share labels: pairs (z_i, z_i+B/2) of one class
+                        ms = losses.mode_seeking(fake_g, z)
+                        loss_g = loss_g + tc.mode_seeking * ms
+                        stats.report("Loss/mode_seeking", ms)
                 self._backward_step(loss_g, G, self.opt_g, "Grad/norm_G")
         D_plain.requires_grad_(True)
         stats.report("Loss/G", loss_g)

@@ -209,9 +209,10 @@ def test_every_loss_trains_with_every_arch(prepared_dir, tmp_path, arch, loss):
     assert all(math.isfinite(float(v)) for r in rows for v in r.split(",") if v)
 
 
-def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_and_labels(prepared_dir, tmp_path):
+def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_mode_seeking_ramp_and_labels(prepared_dir, tmp_path):
     extra = {"loss": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "gp_every": 2, "augment": "ada", "ada_kimg": 0.05,
-             "ada_interval_steps": 2, "ada_target": 0.1}
+             "ada_interval_steps": 2, "ada_target": 0.1, "mode_seeking": 0.1, "cond_ramp_start_steps": 2,
+             "cond_ramp_end_steps": 5}
     full = tiny_params(model={"arch": "resnet"}, train=extra)
     run_tiny(prepared_dir, tmp_path / "full", full)
     run_tiny(prepared_dir, tmp_path / "resumed", tiny_params(model={"arch": "resnet"}, train={**extra, "steps": 6}))
@@ -227,3 +228,41 @@ def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_and_labels(prepared_dir, tm
     _, cfg = checkpoint.load_generator(tmp_path / "full/models/generator.safetensors",
                                        tmp_path / "full/models/generator.json")
     assert cfg["net"]["num_classes"] == 10 and cfg["net"]["arch"] == "resnet"
+
+
+# --- Against collapse by conditioning: mode seeking, transitional conditioning ----------------------------------
+
+def test_mode_seeking_term_punishes_a_generator_that_ignores_z():
+    z = torch.randn(8, 4)
+    same = torch.zeros(8, 1, 4, 4)  # every sample identical whatever z
+    moving = z[:, :1, None, None].expand(8, 1, 4, 4)  # output moves with z
+    assert losses.mode_seeking(same, z).item() > 1e4
+    assert losses.mode_seeking(moving, z).item() < 10
+
+
+@pytest.mark.parametrize("g_conditioning", ["cbn", "concat"])
+def test_condition_scale_zero_makes_g_and_d_ignore_the_class(g_conditioning):
+    from pipeline.nets import set_condition_scale
+    from pipeline.train import condition_scale
+
+    assert [condition_scale(s, 10, 20) for s in (0, 10, 15, 20, 99)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    torch.manual_seed(0)
+    g, d = build(NetConfig(image_size=16, channels=1, z_dim=8, g_channels=4, d_channels=4, num_classes=3,
+                           g_conditioning=g_conditioning))
+    for m in g.modules():
+        if isinstance(m, torch.nn.Embedding):
+            m.weight.data.normal_(0.0, 1.0)
+    g.eval()
+    z, x, a, b = torch.randn(4, 8), torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long), torch.full((4,), 2)
+    assert not torch.equal(g(z, a), g(z, b))
+    set_condition_scale(g, 0.0)
+    set_condition_scale(d, 0.0)
+    assert torch.equal(g(z, a), g(z, b)) and torch.equal(d(x, a), d(x, b))
+    assert any(k.endswith("cond_scale") for k in g.state_dict())  # saved with the weights
+
+
+def test_cond_ramp_must_end_within_the_run():
+    with pytest.raises(ParamsError, match="train.cond_ramp_end_steps must be 0 or between"):
+        parse_params({"train": {"steps": 100, "cond_ramp_end_steps": 200}})
+    with pytest.raises(ParamsError, match="train.cond_ramp_end_steps must be 0 or between"):
+        parse_params({"train": {"cond_ramp_start_steps": 50, "cond_ramp_end_steps": 10}})
