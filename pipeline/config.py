@@ -58,11 +58,11 @@ class ModelConfig:
     d_channels: int = spec(32, ge=1, doc="width of D's first layer (ndf)")
     d_norm: str = spec("auto", choices=("auto", "batch", "instance", "layer", "none"),
                        doc="auto = batch, except layer norm for wgan-gp")
-    dropout: float = spec(0.3, ge=0.0, le=0.9, doc="dropout in D (regularises D on small sets)")
+    dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
     conditional: str = spec("auto", choices=("auto", "true", "false"),
                             doc="class-conditional G and projection D; auto = on when the prepared data has labels")
-    g_conditioning: str = spec("cbn", choices=("cbn", "concat"),
+    g_conditioning: str = spec("concat", choices=("cbn", "concat"),
                                doc="how a conditional DCGAN G takes the class: conditional BatchNorm, or a class "
                                    "embedding concatenated to z (the ResNet G always uses conditional BatchNorm)")
 
@@ -70,7 +70,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
-    steps: int = spec(1500, ge=1, doc="generator updates")
+    steps: int = spec(2000, ge=1, doc="generator updates")
     batch_size: int = spec(64, ge=1, doc="global batch, split across processes")
     seed: int = spec(0, ge=0)
     lr_g: float = spec(2e-4, gt=0.0)
@@ -85,8 +85,8 @@ class TrainConfig:
     cond_ramp_start_steps: int = spec(0, ge=0, doc="transitional conditioning: class terms off until this step")
     cond_ramp_end_steps: int = spec(0, ge=0, doc="... then ramped linearly to full strength at this step (0 = "
                                                  "conditional from the start)")
-    mode_seeking: float = spec(0.0, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
-    augment: str = spec("none", choices=("none", "diffaug", "ada"),
+    mode_seeking: float = spec(0.1, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
+    augment: str = spec("diffaug", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
     augment_p: float = spec(1.0, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
     ada_target: float = spec(0.6, gt=0.0, le=1.0, doc="ada: target E[sign D(x_real)] (overfitting signal)")

@@ -88,6 +88,8 @@ def mode_seeking(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torc
     pairs (i, i + B/2) of the batch. Minimising it makes G's output move with z, against collapse to one sample per
     class."""
     half = fake.shape[0] // 2
+    if half == 0:  # a batch of one has no pair
+        return fake.new_zeros((), dtype=torch.float32)
     d_img = (fake[:half].float() - fake[half : 2 * half].float()).abs().flatten(1).mean(dim=1)
     d_z = (z[:half].float() - z[half : 2 * half].float()).abs().mean(dim=1)
     return (1.0 / (d_img / d_z + eps)).mean()

@@ -32,7 +32,7 @@ class NetConfig:
     dropout: float = 0.0
     spectral_norm: bool = False
     num_classes: int = 0  # > 0: class-conditional G and projection D; G(z, labels), D(x, labels)
-    g_conditioning: str = "cbn"  # DCGAN G: "cbn" (conditional BatchNorm) or "concat" (embedding next to z)
+    g_conditioning: str = "concat"  # DCGAN G: "cbn" (conditional BatchNorm) or "concat" (embedding next to z)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -166,7 +166,7 @@ class GANStep:
         self.static = tc.cuda_graphs  # inputs through static buffers; captured as graphs on CUDA only
         self.capture = tc.cuda_graphs and self.device.type == "cuda"
         if tc.cuda_graphs:
-            self._check_graphable(tc, acc.num_processes, classes)
+            self._check_graphable(tc, acc.num_processes)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         G, D = build(cfg)
         self.fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
@@ -203,6 +203,7 @@ class GANStep:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
         self._done = torch.zeros((), dtype=torch.long, device=self.device)  # step + 1 of the running step
         if self.static:
+            self._real_labels = torch.zeros((tc.n_critic, self.per_rank), dtype=torch.long, device=self.device)
             self._real_u8 = torch.empty((tc.n_critic, self.per_rank, *images.shape[1:]), dtype=torch.uint8,
                                         device=self.device)
             self._graphs: dict[tuple[bool, ...], tuple] = {}
@@ -255,6 +256,8 @@ class GANStep:
         else:
             for j in range(tc.n_critic):  # grad_accum_steps is 1 here
                 self.sampler.batch(step * tc.n_critic + j, out=self._real_u8[j])
+                if self.cfg.num_classes:
+                    self._real_labels[j].copy_(self.sampler.batch_labels(step * tc.n_critic + j))
             self._static_step(gp_at)
         if self.ada is not None and (step + 1) % tc.ada_interval_steps == 0:
             reduce = (lambda t: self.acc.reduce(t, "sum")) if self.acc.num_processes > 1 else None
@@ -266,8 +269,8 @@ class GANStep:
         labels = self.sampler.batch_labels(index) if self.cfg.num_classes else None
         return self._float(self.sampler.batch(index)), labels
 
-    def _static_real(self, j: int, m: int) -> tuple[torch.Tensor, None]:
-        return self._float(self._real_u8[j]), None
+    def _static_real(self, j: int, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._float(self._real_u8[j]), self._real_labels[j] if self.cfg.num_classes else None
 
     def _static_step(self, gp_at: tuple[bool, ...]) -> None:
         """Eager warm-up steps, then capture once per penalty pattern, then replay; off CUDA, always eager."""
@@ -383,13 +386,12 @@ class GANStep:
         opt.zero_grad(set_to_none=True)
 
     @staticmethod
-    def _check_graphable(tc, world: int, classes: int) -> None:
+    def _check_graphable(tc, world: int) -> None:
         """train.cuda_graphs captures one process's whole step: no gradient all-reduce, accumulation or loss scaler;
-        its static buffers hold images only (no labels), and ADA's controller is not captured."""
+        ADA's controller is not captured."""
         why = ("train.grad_accum_steps must be 1" if tc.grad_accum_steps != 1 else
                "train.mixed_precision fp16 needs a loss scaler that syncs with the host; use bf16 or no"
                if tc.mixed_precision == "fp16" else f"it needs a single process, got {world}" if world != 1 else
-               "a class-conditional model is not graphed yet; set model.conditional: false" if classes else
                "train.augment=ada is not graphed yet; use diffaug or none" if tc.augment == "ada" else "")
         if why:
             raise ParamsError(f"params.yaml: train.cuda_graphs=true cannot be used here: {why}")
