@@ -88,7 +88,7 @@ class TrainConfig:
     mode_seeking: float = spec(0.1, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
     augment: str = spec("diffaug", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
-    augment_p: float = spec(1.0, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
+    augment_p: float = spec(0.5, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
     ada_target: float = spec(0.6, gt=0.0, le=1.0, doc="ada: target E[sign D(x_real)] (overfitting signal)")
     ada_kimg: float = spec(20.0, gt=0.0, doc="ada: thousands of images for p to move by 1")
     ada_interval_steps: int = spec(4, ge=1, doc="ada: adjust p every this many G steps")
