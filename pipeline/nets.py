@@ -3,8 +3,8 @@ the class-conditioning parts every arch shares: a projection head for D (Miyato 
 
 At 64 px with z_dim=100 and 64 channels, unconditional, these are exactly the pytorch/examples `dcgan` networks. The
 discriminator adds optional Dropout, spectral norm (Miyato et al., 2018) and a choice of normalisation for
-gradient-penalty critics. A conditional DCGAN G takes z concatenated with a class embedding. `pipeline.resnet` holds
-the residual arch.
+gradient-penalty critics. A conditional DCGAN G takes a class embedding next to z, or conditional BatchNorm
+(`model.g_conditioning`). `pipeline.resnet` holds the residual arch.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def norm_layers(kind: str, ch: int) -> list[nn.Module]:
 
 
 class Discriminator(nn.Module):
-    """image (B, C, S, S) -> logit (B,). No sigmoid: the losses take raw scores."""
+    """image (B, C, S, S) [, labels (B,)] -> logit (B,). No sigmoid: the losses take raw scores. Conditional: plus
+    the projection term on the sum-pooled last features."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
