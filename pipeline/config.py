@@ -85,7 +85,7 @@ class TrainConfig:
     cond_ramp_start_steps: int = spec(0, ge=0, doc="transitional conditioning: class terms off until this step")
     cond_ramp_end_steps: int = spec(0, ge=0, doc="... then ramped linearly to full strength at this step (0 = "
                                                  "conditional from the start)")
-    mode_seeking: float = spec(0.1, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
+    mode_seeking: float = spec(0.15, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
     augment: str = spec("diffaug", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
     augment_p: float = spec(0.5, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
