@@ -85,7 +85,8 @@ def table(root: Path) -> str:
         sets = " ".join(f"--set {o}" for o in info["overrides"])
         lines.append(f"| {info['name']} | {len(rows)} | " + " | ".join(cols) +
                      f" | {max(fids) / min(fids):.2f} | {_fmt([r['train_seconds'] for r in rows])} | "
-                     f"`python -m benchmarks.quality --name {info['name']} {sets}` |")
+                     f"`python -m benchmarks.quality --name {info['name']} --seeds "
+                     f"{' '.join(str(r['seed']) for r in rows)} {sets}` |")
     return "\n".join(lines)
 
 
