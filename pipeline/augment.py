@@ -69,7 +69,7 @@ class AdaptiveP:
     by at most batch * interval / (kimg * 1000) per adjustment. Lives on the device; no host sync."""
 
     def __init__(self, target: float, kimg: float, batch: int, interval: int, device: torch.device, p: float = 0.0):
-        self.target, self.interval = target, interval
+        self.target = target
         self.step_size = batch * interval / (kimg * 1000.0)
         self.p = torch.full((), p, device=device)
         self.signs = torch.zeros((2,), device=device)  # (sum of sign D(x_real), count) since the last adjustment

@@ -34,7 +34,7 @@ def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
 LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan", "rpgan")
-ARCHS = ("dcgan", "resnet")  # pipeline.nets.ARCHS
+ARCHS = ("dcgan", "resnet")  # pipeline.nets builds each
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -57,7 +57,7 @@ class ModelConfig:
     g_channels: int = spec(32, ge=1, doc="width of G's last hidden layer (ngf)")
     d_channels: int = spec(32, ge=1, doc="width of D's first layer (ndf)")
     d_norm: str = spec("auto", choices=("auto", "batch", "instance", "layer", "none"),
-                       doc="auto = batch, except layer norm for wgan-gp")
+                       doc="auto = none for resnet; for dcgan batch, or layer under wgan-gp, R1 or R2")
     dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
     conditional: str = spec("auto", choices=("auto", "true", "false"),

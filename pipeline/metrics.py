@@ -67,7 +67,19 @@ class MetricsError(RuntimeError):
     """An evaluation input cannot give the requested metrics; the message says what to change."""
 
 
-class ClassifierExtractor(torch_fidelity.FeatureExtractorBase):
+class _EagerExtractor(torch_fidelity.FeatureExtractorBase):
+    """A torch-fidelity extractor that is never compiled (our extractors run eagerly)."""
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClassifierExtractor(_EagerExtractor):
     """torch-fidelity's view of pipeline.classifier: "feat" for FID/KID/PRC, "logits" for IS."""
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
@@ -83,20 +95,12 @@ class ClassifierExtractor(torch_fidelity.FeatureExtractorBase):
     def get_default_feature_layer_for_metric(metric: str) -> str:
         return "logits" if metric == "isc" else "feat"
 
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        raise NotImplementedError
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat, logits = self.net(x)
         return tuple({"feat": feat, "logits": logits}[k] for k in self.features_list)
 
 
-class NvidiaInceptionExtractor(torch_fidelity.FeatureExtractorBase):
+class NvidiaInceptionExtractor(_EagerExtractor):
     """torch-fidelity's view of NVIDIA's TorchScript FID Inception: "2048" (pool3) for FID/KID/PRC. The input is resized
     and scaled exactly as torch-fidelity's own Inception does it, so only the weights file differs between the two."""
 
@@ -116,14 +120,6 @@ class NvidiaInceptionExtractor(torch_fidelity.FeatureExtractorBase):
         if metric == "isc":
             raise MetricsError(NVIDIA_NO_ISC)
         return "2048"
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # uint8 (B, 3, H, W) -> TF1-style bilinear resize (B, 3, 299, 299) -> [-1, 0.992] as the TF graph scales it.

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config import ARCHS
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -210,9 +212,6 @@ class ProjectionHead(ConditionScale):
 
 def spectral_norm_fn(enabled: bool) -> Callable[[nn.Module], nn.Module]:
     return nn.utils.parametrizations.spectral_norm if enabled else (lambda m: m)
-
-
-ARCHS = ("dcgan", "resnet")
 
 
 def _arch(cfg: NetConfig) -> tuple[type[nn.Module], type[nn.Module]]:
