@@ -1,15 +1,22 @@
-"""Crash-safe training checkpoints (Accelerate `save_state` + EMA + loop state) and safetensors generator files.
+"""Crash-safe training checkpoints (Accelerate `save_state` + EMA + loop state), one directory per fingerprint, and
+safetensors generator files.
 
-A checkpoint is written to `step-N.tmp/`, renamed to `step-N/` only when complete, and then `latest` is swapped
-atomically to name it, so a crash mid-write never damages the last good checkpoint. Nothing here unpickles code:
-Accelerate loads with `weights_only=True`, and our own state is safetensors plus JSON.
+Layout: `<root>/<fingerprint>/step-NNNNNNN/`, with `<root>/<fingerprint>/latest` naming the newest complete one, so
+switching between experiments (fingerprints of data/model/train params) and back resumes each. A checkpoint is
+written to `step-N.tmp/`, fsynced, renamed to `step-N/`, and then `latest` is swapped atomically to name it: a crash
+(or a full disk) mid-write never damages the last good checkpoint. Directories are deleted only after a rename out
+of their name, so a kill mid-delete leaves no half checkpoint. At most MAX_FINGERPRINTS fingerprints are kept; the
+least recently used goes first. Nothing here unpickles code: Accelerate loads with `weights_only=True`, and our own
+state is safetensors plus JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -19,53 +26,230 @@ from torch import nn
 
 from pipeline.nets import NetConfig, make_generator
 
+MAX_FINGERPRINTS = 4  # fingerprint dirs kept under a checkpoints root, the one in use included
+LAST_USED = "last-used"  # marker in each fingerprint dir: its mtime (set explicitly, in ns) is the last use
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+_STEP = re.compile(r"step-\d{7}")
+_GONE = ".old"  # suffix of a dir renamed away for deletion; `.tmp` marks one still being written
+
 
 class WeightsError(RuntimeError):
     """A weights file is missing, truncated, tampered with or does not fit its config."""
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(top: Path) -> None:
+    """Every file under `top`, then every directory (bottom-up), so a power loss after a rename finds them whole."""
+    for dirpath, _, names in os.walk(top, topdown=False):
+        for name in names:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
 
 
-def save_checkpoint(accelerator, root: str | Path, step: int, ema: nn.Module, loop_state: dict, keep: int,
-                    files: dict[str, Path] | None = None) -> Path:
-    """Collective: every process calls this. `files` (name -> path) are copied in when they exist.
-    Returns the final checkpoint directory."""
+def _discard(path: Path) -> None:
+    """Delete a directory without ever leaving a partial one under its name: rename it away, then remove it."""
+    if not path.exists():
+        return
+    gone = path if path.name.endswith((".tmp", _GONE)) else path.with_name(path.name + _GONE)
+    if gone != path:
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _sweep(directory: Path) -> None:
+    """Remove what an interrupted write or delete left in `directory` (`*.tmp`, `*.old`)."""
+    for p in directory.glob("*"):
+        if p.name.endswith((".tmp", _GONE)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _mark_used(home: Path) -> None:
+    marker = home / LAST_USED
+    marker.touch()
+    now = time.time_ns()
+    os.utime(marker, ns=(now, now))  # exact, unlike the coarse clock a plain touch stamps
+
+
+def _last_used(home: Path) -> int:
+    try:
+        return (home / LAST_USED).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _fingerprint_dirs(root: Path) -> list[Path]:
+    """The fingerprint dirs under `root`, most recently used first."""
+    if not root.is_dir():
+        return []
+    homes = [p for p in root.iterdir() if p.is_dir() and _FINGERPRINT.fullmatch(p.name)]
+    return sorted(homes, key=lambda p: (_last_used(p), p.name), reverse=True)
+
+
+def fingerprints(root: str | Path) -> list[str]:
+    """The fingerprints under `root` that have a checkpoint to resume, most recently used first."""
+    return [h.name for h in _fingerprint_dirs(Path(root)) if latest_checkpoint(root, h.name) is not None]
+
+
+def _steps(home: Path) -> list[Path]:
+    """Complete checkpoints in `home`, oldest first."""
+    return sorted(p for p in home.glob("step-*") if p.is_dir() and _STEP.fullmatch(p.name))
+
+
+def _migrate_flat(root: Path) -> None:
+    """Move an old flat layout (`<root>/step-N/`, `<root>/latest`) into `<root>/<fingerprint>/`. Idempotent, so a
+    crash midway is finished by the next run; `<root>/latest` goes last. A step without a readable fingerprint
+    is left where it is and ignored."""
+    pointer = root / "latest"
+    flat = [p for p in root.glob("step-*") if p.is_dir()]
+    if not flat and not pointer.exists():
+        return
+    for p in flat:
+        if not _STEP.fullmatch(p.name):  # step-N.tmp (torn) or step-N.old (half deleted)
+            shutil.rmtree(p, ignore_errors=True)
+            continue
+        try:
+            fp = json.loads((p / "loop.json").read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not (isinstance(fp, str) and _FINGERPRINT.fullmatch(fp)):
+            continue
+        (root / fp).mkdir(exist_ok=True)
+        if (root / fp / p.name).exists():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.replace(p, root / fp / p.name)
+    for home in _fingerprint_dirs(root):
+        steps = _steps(home)
+        if steps and latest_checkpoint(root, home.name) is None:
+            _atomic_write_text(home / "latest", steps[-1].name + "\n")
+    _fsync(root)
+    pointer.unlink(missing_ok=True)
+
+
+def open_root(root: str | Path, fingerprint: str) -> None:
+    """Main process, before a run looks for its checkpoint: migrate an old flat layout, clear what crashes left,
+    and mark `fingerprint` as the most recently used, so `latest_checkpoint(root)` now means this run's."""
     root = Path(root)
-    final = root / f"step-{step:07d}"
-    tmp = root / f"step-{step:07d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # models (safetensors), optimizers, RNG states per process
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_file(_state(ema), str(tmp / "ema.safetensors"))
-        (tmp / "loop.json").write_text(json.dumps({"step": step, **loop_state}) + "\n")
-        for name, src in (files or {}).items():
-            if Path(src).exists():
-                shutil.copy2(src, tmp / name)
-        shutil.rmtree(final, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    _migrate_flat(root)
+    _sweep(root)
+    home = root / fingerprint
+    home.mkdir(exist_ok=True)
+    _sweep(home)
+    _mark_used(home)
+
+
+def _evict(root: Path, current: str) -> None:
+    """Keep the MAX_FINGERPRINTS most recently used fingerprint dirs, `current` always among them. Dirs with no
+    complete checkpoint (runs stopped before their first) hold nothing and go first."""
+    others = [p for p in _fingerprint_dirs(root) if p.name != current]
+    empty = [p for p in others if not _steps(p)]
+    for home in empty + [p for p in others if p not in empty][MAX_FINGERPRINTS - 1:]:
+        _discard(home)
+
+
+def _as_os_error(e: Exception, path: Path) -> OSError | None:
+    """The OSError behind a failed checkpoint write, with `path` as its file. safetensors reports it as
+    "... (os error 28)"; torch.save's writer drops it ("unexpected pos ..."), so a probe write names the cause."""
+    m = re.search(r"os error (\d+)", str(e))
+    if m:
+        n = int(m.group(1))
+        return OSError(n, os.strerror(n), str(path))
+    probe = path.parent / ".write-probe.tmp"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return OSError(err.errno, err.strerror, str(path))
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
+def save_checkpoint(accelerator, root: str | Path, fingerprint: str, step: int, ema: nn.Module, loop_state: dict,
+                    keep: int, files: dict[str, Path] | None = None) -> Path:
+    """Collective: every process calls this. Writes `<root>/<fingerprint>/step-N/`, points `latest` at it, keeps the
+    `keep` newest steps of this fingerprint and evicts fingerprints beyond MAX_FINGERPRINTS. `files` (name -> path)
+    are copied in when they exist. A failed write (a full disk) removes its `.tmp` dir and raises the OSError; the
+    previous checkpoint and `latest` stay as they were. Returns the final checkpoint directory."""
+    root = Path(root)
+    home = root / fingerprint
+    final, tmp = home / f"step-{step:07d}", home / f"step-{step:07d}.tmp"
+    main = accelerator.is_main_process
+    try:
+        if main:
+            home.mkdir(parents=True, exist_ok=True)
+            _sweep(home)
+            tmp.mkdir()
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # models (safetensors), optimizers, RNG states per process
+        accelerator.wait_for_everyone()
+        if main:
+            save_file(_state(ema), str(tmp / "ema.safetensors"))
+            (tmp / "loop.json").write_text(json.dumps({"step": step, **loop_state}) + "\n")
+            for name, src in (files or {}).items():
+                if Path(src).exists():
+                    shutil.copy2(src, tmp / name)
+            _fsync_tree(tmp)
+    except Exception as e:
+        cause = e if isinstance(e, OSError) or not main else _as_os_error(e, tmp)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if cause is None or cause is e:
+            raise
+        raise cause from e
+    if main:
+        _discard(final)  # a complete step-N that `latest` never named (a crash between rename and swap)
         os.replace(tmp, final)
-        _atomic_write_text(root / "latest", final.name + "\n")
-        done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        for old in done[:-keep]:  # `final` sorts last, so it is always kept
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync(home)
+        _atomic_write_text(home / "latest", final.name + "\n")
+        _mark_used(home)
+        for old in _steps(home)[:-keep]:  # `final` sorts last, so it is always kept
+            _discard(old)
+        _evict(root, fingerprint)
     accelerator.wait_for_everyone()
     return final
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
+def latest_checkpoint(root: str | Path, fingerprint: str | None = None) -> Path | None:
+    """The checkpoint a run of `fingerprint` resumes from, or None. Without a fingerprint: that of the most
+    recently used one (the running one's, once it has called `open_root`), else an old flat layout's."""
     root = Path(root)
-    pointer = root / "latest"
-    if not pointer.exists():
+    if fingerprint is None:
+        homes = _fingerprint_dirs(root)
+        home = homes[0] if homes else root
+    else:
+        home = root / fingerprint
+    try:
+        name = (home / "latest").read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    path = root / pointer.read_text().strip()
-    return path if (path / "loop.json").exists() else None
+    path = home / name
+    return path if _STEP.fullmatch(name) and (path / "loop.json").exists() else None
 
 
 def load_checkpoint(accelerator, path: str | Path, ema: nn.Module) -> dict:
@@ -74,6 +258,26 @@ def load_checkpoint(accelerator, path: str | Path, ema: nn.Module) -> dict:
     accelerator.load_state(str(path))
     ema.load_state_dict(load_weights(path / "ema.safetensors"))
     return json.loads((path / "loop.json").read_text())
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """Read every file of a checkpoint without a model to load it into: safetensors, Accelerate's `weights_only`
+    pickles, loop.json. Raises WeightsError naming the first unreadable file; returns the loop state."""
+    from accelerate.utils import load
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "loop.json").read_text())
+        for f in sorted(path.iterdir()):
+            if f.suffix in (".bin", ".pkl"):
+                load(f)
+    except (OSError, ValueError, RuntimeError, EOFError) as e:
+        raise WeightsError(f"checkpoint {path} is unreadable: {_first(e)}") from None
+    for f in sorted(path.glob("*.safetensors")):
+        load_weights(f)
+    if not isinstance(state, dict) or "step" not in state:
+        raise WeightsError(f"checkpoint {path} has no step in loop.json")
+    return state
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from pipeline.config import Params, ParamsError, load_params
 
+
+class Interrupted(Exception):
+    """Ctrl-C: the message says where the stage stopped and how to resume."""
+
+
 # Errors that are the user's to fix: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError,)
+# Full disk or quota, read-only filesystem, no permission: the user's to fix, so one line too. Other OSErrors keep
+# their traceback.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
+INTERRUPTED, INTERRUPTED_EXIT = "interrupted; run dvc repro to resume", 130  # 128 + SIGINT, as a shell reports it
+_disk_note: Callable[[], str | None] | None = None
 
 
 def register_user_error(*errors: type[BaseException]) -> None:
@@ -17,12 +31,21 @@ def register_user_error(*errors: type[BaseException]) -> None:
     USER_ERRORS = USER_ERRORS + errors
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def on_disk_error(note: Callable[[], str | None]) -> None:
+    """`note()` is appended to the one line of a disk error (e.g. where the last good checkpoint is)."""
+    global _disk_note
+    _disk_note = note
+
+
+def add_params_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param (repeatable)")
     return p
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    return add_params_args(argparse.ArgumentParser(description=description))
 
 
 def params_from(args: argparse.Namespace) -> Params:
@@ -30,25 +53,66 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def use_cpu_cores(acc, threads: int = 0) -> None:
-    """On the CPU, give torch `threads` per process (0: the available cores / local processes). `accelerate launch`
-    exports OMP_NUM_THREADS=1 on a machine without GPUs, which would leave all but one core idle."""
-    import os
-
+    """On the CPU, give torch `threads` per process, or (0) this process's share of the machine's cores: the
+    processes of one run and concurrent experiments split them (pipeline.cores), and each says what it took.
+    (`accelerate launch` exports OMP_NUM_THREADS=1 on a machine without GPUs, which would leave cores idle.)"""
     import torch
 
-    if acc.device.type == "cpu":
-        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_procs))
+    from pipeline import cores
+
+    if acc.device.type != "cpu":
+        return
+    total = len(os.sched_getaffinity(0))
+    if threads:
+        how = "pinned by train.cpu_threads"
+    else:
+        threads, n = cores.claim(total)
+        how = f"{n} training process(es) share this machine"
+    torch.set_num_threads(threads)
+    acc.print(f"cpu: {threads} threads of {total} cores ({how})", flush=True)
 
 
-def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Call a stage's main; user errors exit 1 with their one-line message."""
+def disk_error_message(e: OSError) -> str:
+    what = "cannot access" if e.errno == errno.EACCES else "cannot write"  # EACCES may come from a read
+    line = f"{what} {e.filename}: {e.strerror}" if e.filename else f"{what}: {e.strerror}"
+    note = _disk_note() if _disk_note is not None else None
+    return f"{line}; {note}" if note else line
+
+
+def reporting_rank() -> bool:
+    """Whether this process reports errors: the only one, or global rank 0 of several (the others fail quietly,
+    so N processes give one line, not N)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def fail(line: str, code: int = 1, report: bool = True) -> NoReturn:
+    if report and reporting_rank():
+        print(line, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """The library's user errors every stage reports; imported only once something failed (they import torch)."""
     from pipeline.checkpoint import WeightsError
     from pipeline.data import DataError
     from pipeline.tracking import TrackingError
 
+    return DataError, TrackingError, WeightsError
+
+
+def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None, report: bool = True) -> None:
+    """Call a stage's main; user errors exit 1 with their one-line message, Ctrl-C exits 130 with one line.
+    `report=False` exits with the same status silently."""
     try:
         main(argv)
-    except (*USER_ERRORS, DataError, TrackingError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except Interrupted as e:
+        fail(str(e), INTERRUPTED_EXIT, report)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn the one line into a traceback
+        fail(INTERRUPTED, INTERRUPTED_EXIT, report)
+    except Exception as e:
+        if isinstance(e, USER_ERRORS) or isinstance(e, _library_errors()):
+            fail(f"error: {e}", 1, report)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            fail(f"error: {disk_error_message(e)}", 1, report)
+        raise

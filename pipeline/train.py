@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import augment, checkpoint, losses
-from pipeline.cli import use_cpu_cores
+from pipeline import augment, checkpoint, cores, losses
+from pipeline.cli import Interrupted, use_cpu_cores
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
 from pipeline.nets import NetConfig, build, from_uint8, grid_inputs, sample_grid, set_condition_scale
@@ -425,13 +426,17 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
                   labels=torch.from_numpy(split.labels), classes=classes)
     cfg, ema = gan.cfg, gan.ema
 
-    # Resume, when a checkpoint of the same data/model/train params exists.
+    # Resume, when a checkpoint of the same data/model/train params exists: checkpoints/<fingerprint>/latest.
+    # Other fingerprints' checkpoints stay (switching experiments and back resumes), up to a bound.
     fp = fingerprint(params, meta["hash"])
     best_name = checkpoint.GENERATOR_FILES["best"]  # in models/, and its copy in each checkpoint
     best_path = paths.models / best_name
     start, history, best_fid = 0, [], math.inf
-    ckpt = checkpoint.latest_checkpoint(paths.checkpoints)
-    if ckpt is not None and json.loads((ckpt / "loop.json").read_text()).get("fingerprint") == fp:
+    if main:
+        checkpoint.open_root(paths.checkpoints, fp)  # migrates an old flat layout; marks fp as just used
+    acc.wait_for_everyone()
+    ckpt = checkpoint.latest_checkpoint(paths.checkpoints, fp)
+    if ckpt is not None:
         state = checkpoint.load_checkpoint(acc, ckpt, ema)
         start, history, best_fid = state["step"], state["history"], state.get("best_fid", math.inf)
         if gan.ada is not None:
@@ -440,16 +445,18 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
             paths.models.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ckpt / best_name, best_path)
         acc.print(f"resuming from {ckpt} at step {start}")
-    elif ckpt is not None:
-        acc.print(f"not resuming {ckpt}: it was written with other data/model/train params")
-        acc.wait_for_everyone()
-        if main:
-            shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    elif others := [f for f in checkpoint.fingerprints(paths.checkpoints) if f != fp]:
+        acc.print(f"starting at step 0: no checkpoint of these data/model/train params in {paths.checkpoints / fp} "
+                  f"(kept: those of {len(others)} other params)")
     acc.wait_for_everyone()
 
-    tracker = Tracker(params.tracking, tensorboard_dir=str(paths.tensorboard) if paths.tensorboard else None) \
-        if main else Tracker(None)
+    # A resumed stage continues the MLflow run its checkpoint names, skipping the steps that run already holds.
+    run_id = state.get("mlflow_run_id") if ckpt is not None else None
+    tracker = Tracker(params.tracking, run_id=run_id,
+                      tensorboard_dir=str(paths.tensorboard) if paths.tensorboard else None) if main else Tracker(None)
     if main:
+        if start and tracker.run_id == run_id:
+            tracker.skip_logged_steps(start)
         tracker.log_params(params.flat())
         tracker.log_dict(params.to_dict(), "config/params.json")
         tracker.set_tags({"data.hash": meta["hash"], "model.d_norm.resolved": cfg.d_norm,
@@ -459,51 +466,59 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     grid_z = grid_inputs(cfg, tc.seed)
     t_start = t_tick = time.perf_counter()
     n_tick = 0
-    for step in range(start, tc.steps):
-        gan(step)
-        n_tick += 1
-        done = step + 1
+    done = start
+    try:
+        for step in range(start, tc.steps):
+            gan(step)
+            n_tick += 1
+            done = step + 1
 
-        # Tick: divergence check, log, FID, grid, checkpoint.
-        if not _is_tick(tc, done):
-            continue
-        bad_step = int(acc.gather(gan.first_bad.view(1)).max().item())
-        if bad_step >= 0:
-            last = checkpoint.latest_checkpoint(paths.checkpoints)
-            tracker.set_tags({"diverged_at_step": bad_step})
-            tracker.close("FAILED")
-            raise DivergenceError(
-                f"training diverged: the loss became NaN or inf at step {bad_step}; "
-                f"the last good checkpoint is {last or 'none (none was written yet)'}. "
-                "Lower the learning rates, enable train.grad_clip_norm, or change train.loss."
-            )
-        elapsed = time.perf_counter() - t_tick
-        row = {"step": done, **gan.stats.pop_means(), "Speed/img_per_s": n_tick * tc.batch_size / max(elapsed, 1e-9)}
-        if evaluator is not None and tc.fid_every_steps and done % tc.fid_every_steps == 0:
-            row["Eval/fid"] = fid = evaluator(ema.module)
-            if main and fid < best_fid:
-                best_fid = fid
-                checkpoint.save_generator(ema.module, best_path, None, cfg)
-        history.append(row)
-        if main:
-            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-            print(_progress_line(row, tc.steps), flush=True)  # unbuffered under dvc
-            if done % tc.sample_every_steps == 0 or done == tc.steps:
-                tracker.log_image(sample_grid(ema.module, *grid_z), "samples/ema", done)
-        if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
-            loop_state = {"fingerprint": fp, "history": history, "best_fid": best_fid}
-            if gan.ada is not None:
-                loop_state["ada"] = gan.ada.state()
-            checkpoint.save_checkpoint(acc, paths.checkpoints, done, ema, loop_state,
-                                       tc.keep_checkpoints, files={best_name: best_path})
-        t_tick, n_tick = time.perf_counter(), 0
+            # Tick: divergence check, log, FID, grid, checkpoint.
+            if not _is_tick(tc, done):
+                continue
+            bad_step = int(acc.gather(gan.first_bad.view(1)).max().item())
+            if bad_step >= 0:
+                last = checkpoint.latest_checkpoint(paths.checkpoints, fp)
+                tracker.set_tags({"diverged_at_step": bad_step})
+                tracker.close("FAILED")
+                raise DivergenceError(
+                    f"training diverged: the loss became NaN or inf at step {bad_step}; "
+                    f"the last good checkpoint is {last or 'none (none was written yet)'}. "
+                    "Lower the learning rates, enable train.grad_clip_norm, or change train.loss."
+                )
+            cores.rebalance()  # trainings that started or ended on this machine since the last tick
+            elapsed = time.perf_counter() - t_tick
+            row = {"step": done, **gan.stats.pop_means(), "Speed/img_per_s": n_tick * tc.batch_size / max(elapsed, 1e-9)}
+            if evaluator is not None and tc.fid_every_steps and done % tc.fid_every_steps == 0:
+                row["Eval/fid"] = fid = evaluator(ema.module)
+                if main and fid < best_fid:
+                    best_fid = fid
+                    checkpoint.save_generator(ema.module, best_path, None, cfg)
+            history.append(row)
+            if main:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+                print(_progress_line(row, tc.steps), flush=True)  # unbuffered under dvc
+                if done % tc.sample_every_steps == 0 or done == tc.steps:
+                    tracker.log_image(sample_grid(ema.module, *grid_z), "samples/ema", done)
+            if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
+                loop_state = {"fingerprint": fp, "history": history, "best_fid": best_fid, "mlflow_run_id": tracker.run_id}
+                if gan.ada is not None:
+                    loop_state["ada"] = gan.ada.state()
+                checkpoint.save_checkpoint(acc, paths.checkpoints, fp, done, ema, loop_state,
+                                           tc.keep_checkpoints, files={best_name: best_path})
+            t_tick, n_tick = time.perf_counter(), 0
+    except KeyboardInterrupt:  # Ctrl-C: one line that says where to resume from, not a traceback per process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        tracker.close("KILLED")
+        last = checkpoint.latest_checkpoint(paths.checkpoints, fp)
+        raise Interrupted(f"interrupted at step {done} of {tc.steps}; last checkpoint "
+                          f"{last or 'none (none was written yet)'}; run dvc repro to resume") from None
 
     wall = time.perf_counter() - t_start
     result = {}
     if main:
         result = _write_outputs(params, paths, cfg, meta, gan.G_plain, ema.module, history, wall, start, world,
                                 tracker)
-        tracker.close()
     acc.wait_for_everyone()
     return result
 
@@ -538,13 +553,14 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
         "d_real": last.get("D/real"), "d_fake": last.get("D/fake"),
         "img_per_s": float(np.median(speeds)) if speeds else None,
         "wall_seconds": round(wall, 2),
-        "tracking_lost_at": tracker.lost_at,
     }
-    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_artifact(paths.plots / "samples.png", "samples")
     tracker.log_artifact(paths.plots / "train_loss.png", "plots")
     tracker.log_artifact(paths.models / checkpoint.GENERATOR_CONFIG, "generator")
+    tracker.close()  # drains the spool (bounded): its counts go into the metrics
+    metrics["tracking"] = tracker.counts
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -1,13 +1,15 @@
-"""train: run (or resume) GAN training under `accelerate launch`; write the generator, metrics, plots, run id."""
+"""train: check what later stages need (pipeline.preflight), then run (or resume) GAN training under
+`python -m pipeline.launch` (accelerate launch); write the generator, metrics, plots, run id."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pipeline import cli
+from pipeline import checkpoint, cli, preflight
 from pipeline.train import DivergenceError, TrainPaths, train
 
-cli.register_user_error(DivergenceError)
+cli.register_user_error(DivergenceError, preflight.PreflightError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier", type=Path, default=None, help="in-domain classifier dir (train.fid_every_steps > 0)")
     args = p.parse_args(argv)
     params = cli.params_from(args)
+    cli.on_disk_error(lambda: _last_checkpoint(args.checkpoints))
+    if not os.environ.get(preflight.DONE_ENV):  # pipeline.launch ran them before launching
+        preflight.check(params, args.prepared, args.classifier)
     paths = TrainPaths(prepared=args.prepared, models=args.models, metrics=args.metrics, plots=args.plots,
                        run_file=args.run_file, checkpoints=args.checkpoints, tensorboard=args.tensorboard)
     acc = evaluator = None
@@ -29,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         acc = make_accelerator(params)
         evaluator = train_fid_evaluator(params.eval, args.prepared, args.classifier, dist=acc)
     train(params, paths, accelerator=acc, evaluator=evaluator)
+
+
+def _last_checkpoint(root: Path) -> str | None:
+    last = checkpoint.latest_checkpoint(root)
+    return f"the last good checkpoint is {last}" if last is not None else None
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import DataConfig, Params, parse_params
 from pipeline.data import prepare
@@ -102,3 +104,84 @@ def copy_repo(dest: Path) -> Path:
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, dest / f)
     return dest
+
+
+# `dvc repro` of the whole pipeline in about a minute on 2 cores.
+TINY_PIPELINE = {
+    "data": {"image_size": 16},
+    "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
+    "train": {"steps": 30, "log_every_steps": 10, "sample_every_steps": 15, "checkpoint_every_steps": 15},
+    "eval": {"num_samples": 300, "kid_subset_size": 50, "classifier_steps": 50},
+}
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    """A fresh clone's files with TINY_PIPELINE params, committed in a new git repo: (root, env for its commands)."""
+    root = copy_repo(tmp_path_factory.mktemp("clone"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY_PIPELINE.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1",
+           "OMP_NUM_THREADS": "2"}
+    env.pop("PYTHONPATH", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run_ok(cmd, root, env)
+    return root, env
+
+
+def dvc_repo(dest: Path, overrides: dict[str, dict], threads: int = 2) -> tuple[Path, dict[str, str]]:
+    """`copy_repo` with `overrides` merged into params.yaml and committed, and the environment to run its `dvc`
+    commands in (this venv first on PATH, no analytics, `threads` OpenMP threads)."""
+    import sys
+
+    import yaml
+
+    root = copy_repo(dest)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1",
+           "OMP_NUM_THREADS": str(threads)}
+    env.pop("PYTHONPATH", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root, env
+
+
+def start_mlflow_server(store: Path, port: int, timeout: float = 120.0) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` with its SQLite store and artifacts under `store`, answering
+    /health; stop it with os.killpg(proc.pid, ...)."""
+    import sys
+    import time
+    import urllib.request
+
+    store.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/db.sqlite",
+         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, 15)
+    raise RuntimeError(f"mlflow server did not answer /health within {timeout:.0f} s")

@@ -1,6 +1,7 @@
 """Real multi-process training on CPU (gloo): 2 processes on one machine, and 2 "machines" on loopback.
 
 `accelerate launch --cpu --num_processes 2` silently runs ONE process, so these tests assert the world size.
+The one-machine test goes through pipeline.launch (the stages' launcher), the loopback one through accelerate's.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ pytestmark = pytest.mark.slow
 
 
 def _params(tmp_path, **train):
-    raw = {k: dict(v) for k, v in TINY.items()}
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())  # a params file sets every section
+    for section, values in TINY.items():
+        raw[section].update(values)
     raw["train"].update(steps=6, log_every_steps=3, checkpoint_every_steps=3, **train)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def _launch(machine_args, params, prepared, out):
+def _launch(machine_args, params, prepared, out, launcher="accelerate.commands.launch"):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--mixed_precision", "no",
+    cmd = [sys.executable, "-m", launcher, "--multi_gpu", "--mixed_precision", "no",
            "--dynamo_backend", "no", *machine_args, str(REPO / "tests" / "dist_train.py"), str(params),
            str(prepared), str(out)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -60,10 +63,11 @@ def _wait(procs, timeout=300):
 
 
 def test_two_processes_on_one_machine(prepared_dir, tmp_path):
-    """wgan-gp with n_critic 2 exercises the penalty's double backward under DDP."""
+    """wgan-gp with n_critic 2 exercises the penalty's double backward under DDP. Launched as dvc.yaml launches
+    the stages, through pipeline.launch (accelerate launch underneath)."""
     params = _params(tmp_path, loss="wgan-gp", n_critic=2)
     args = ["--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port())]
-    _wait([_launch(args, params, prepared_dir, tmp_path / "out")])
+    _wait([_launch(args, params, prepared_dir, tmp_path / "out", launcher="pipeline.launch")])
     _check_ranks(tmp_path / "out")
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import varied_generator
 
 from pipeline.checkpoint import save_generator
-from pipeline.config import DataConfig, TrackingConfig
+from pipeline.config import DataConfig, TrackingConfig, parse_params
 from pipeline.data import prepare
 from pipeline.nets import NetConfig
 from pipeline.tracking import Tracker
@@ -37,7 +38,7 @@ def pipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(root / "torch_home"))
-        (root / "params.yaml").write_text("data:\n  image_size: 16\n")
+        (root / "params.yaml").write_text(yaml.safe_dump(parse_params({"data": {"image_size": 16}}).to_dict()))
         meta = prepare(DataConfig(image_size=16), root / "prepared")
         classifier_stage.main(["--params", str(root / "params.yaml"), "--prepared", str(root / "prepared"),
                                "--out", str(root / "classifier"), "--metrics", str(root / "metrics/classifier.json"),

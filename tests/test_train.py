@@ -124,9 +124,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
     import yaml
     from conftest import TINY
 
+    from pipeline.config import parse_params
+
     raw = {k: dict(v) for k, v in TINY.items()}
     raw["train"].update(steps=60, checkpoint_every_steps=5, log_every_steps=5, sample_every_steps=30)
-    params.write_text(yaml.safe_dump(raw))
+    params.write_text(yaml.safe_dump(parse_params(raw).to_dict()))  # a params file names every section
 
     def cmd(out):
         p = train_paths(prepared_dir, out)
