@@ -81,8 +81,10 @@ def _discard(path: Path) -> None:
 def _sweep(directory: Path) -> None:
     """Remove what an interrupted write or delete left in `directory` (`*.tmp`, `*.old`)."""
     for p in directory.glob("*"):
-        if p.name.endswith((".tmp", _GONE)):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.name.endswith((".tmp", _GONE)) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith((".tmp", _GONE)):
+            p.unlink(missing_ok=True)
 
 
 def _mark_used(home: Path) -> None:
@@ -266,13 +268,17 @@ def verify_checkpoint(path: str | Path) -> dict:
     from accelerate.utils import load
 
     path = Path(path)
+    for pattern in ("loop.json", "ema.safetensors", "model*.safetensors", "optimizer*.bin"):
+        if not any(path.glob(pattern)):
+            raise WeightsError(f"checkpoint {path} has no {pattern}")
+    f = path / "loop.json"
     try:
-        state = json.loads((path / "loop.json").read_text())
+        state = json.loads(f.read_text())
         for f in sorted(path.iterdir()):
             if f.suffix in (".bin", ".pkl"):
                 load(f)
     except (OSError, ValueError, RuntimeError, EOFError) as e:
-        raise WeightsError(f"checkpoint {path} is unreadable: {_first(e)}") from None
+        raise WeightsError(f"checkpoint file {f} is unreadable: {_first(e)}") from None
     for f in sorted(path.glob("*.safetensors")):
         load_weights(f)
     if not isinstance(state, dict) or "step" not in state:

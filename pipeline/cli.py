@@ -19,9 +19,9 @@ class Interrupted(Exception):
 
 # Errors that are the user's to fix: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError,)
-# Full disk or quota, read-only filesystem, no permission: the user's to fix, so one line too. Other OSErrors keep
+# Full disk or quota, a file-size limit, read-only filesystem, no permission: the user's to fix, so one line too. Other OSErrors keep
 # their traceback.
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
 INTERRUPTED, INTERRUPTED_EXIT = "interrupted; run dvc repro to resume", 130  # 128 + SIGINT, as a shell reports it
 _disk_note: Callable[[], str | None] | None = None
 

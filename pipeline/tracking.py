@@ -105,6 +105,10 @@ def prepare_store(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.init-*"):  # left by a creation that was killed
+        pid = stale.name.split(".init-", 1)[1].split("-")[0]  # .mlflow.db.init-PID, or its -journal
+        if not pid.isdigit() or not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     MlflowClient(tracking_uri=SQLITE + str(tmp)).search_experiments(max_results=1)  # runs the migrations

@@ -124,28 +124,12 @@ def run_ok(cmd: list[str], cwd: Path, env: dict) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     """A fresh clone's files with TINY_PIPELINE params, committed in a new git repo: (root, env for its commands)."""
-    root = copy_repo(tmp_path_factory.mktemp("clone"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY_PIPELINE.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1",
-           "OMP_NUM_THREADS": "2"}
-    env.pop("PYTHONPATH", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        run_ok(cmd, root, env)
-    return root, env
+    return dvc_repo(tmp_path_factory.mktemp("clone"), TINY_PIPELINE)
 
 
 def dvc_repo(dest: Path, overrides: dict[str, dict], threads: int = 2) -> tuple[Path, dict[str, str]]:
     """`copy_repo` with `overrides` merged into params.yaml and committed, and the environment to run its `dvc`
     commands in (this venv first on PATH, no analytics, `threads` OpenMP threads)."""
-    import sys
-
-    import yaml
-
     root = copy_repo(dest)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in overrides.items():
@@ -161,22 +145,27 @@ def dvc_repo(dest: Path, overrides: dict[str, dict], threads: int = 2) -> tuple[
     return root, env
 
 
-def start_mlflow_server(store: Path, port: int, timeout: float = 120.0) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1:`port` with its SQLite store and artifacts under `store`, answering
-    /health; stop it with os.killpg(proc.pid, ...)."""
+def start_mlflow_server(store: Path, port: int, timeout: float = 120.0,
+                        backend_store_uri: str | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` with its artifacts under `store` and its runs in
+    `backend_store_uri` (default: a SQLite file under `store`), answering /health; stop it with
+    os.killpg(proc.pid, ...)."""
     import sys
     import time
     import urllib.request
 
     store.mkdir(parents=True, exist_ok=True)
+    backend = backend_store_uri or f"sqlite:///{store}/db.sqlite"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/db.sqlite",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc.poll() is not None:  # e.g. no driver for the backend store: fail now, not at the deadline
+            raise RuntimeError(f"mlflow server on {backend} exited with status {proc.returncode}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:

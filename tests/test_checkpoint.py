@@ -36,11 +36,13 @@ def _resumed_from(out) -> int:
     return json.loads((out / "metrics" / "train.json").read_text())["resumed_from_step"]
 
 
-def test_a_then_b_then_a_resumes_a(prepared_dir, tmp_path):
+def test_a_then_b_then_a_resumes_a(prepared_dir, tmp_path, capsys):
     out, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
     run_tiny(prepared_dir, out, tiny_params(train=A))
     run_tiny(prepared_dir, out, tiny_params(train=B))
     fa, fb = _fp(prepared_dir, **A), _fp(prepared_dir, **B)
+    assert f"starting at step 0: no checkpoint of these data/model/train params in {ckpts / fb} (kept: those of 1 " \
+           "other params)" in capsys.readouterr().out
     assert fa != fb
     assert checkpoint.latest_checkpoint(ckpts, fb) == ckpts / fb / "step-0000006"
     assert checkpoint.latest_checkpoint(ckpts, fa) == ckpts / fa / "step-0000006"  # B deleted nothing of A's
@@ -170,5 +172,8 @@ def test_unreadable_checkpoint_files_are_reported(prepared_dir, tmp_path):
     step = checkpoint.latest_checkpoint(tmp_path / "checkpoints")
     with open(step / "optimizer.bin", "r+b") as f:
         f.truncate(os.path.getsize(step / "optimizer.bin") // 2)
-    with pytest.raises(checkpoint.WeightsError, match="optimizer.bin|unreadable"):
+    with pytest.raises(checkpoint.WeightsError, match=r"checkpoint file .*/optimizer.bin is unreadable"):
+        checkpoint.verify_checkpoint(step)
+    (step / "ema.safetensors").unlink()
+    with pytest.raises(checkpoint.WeightsError, match=r"has no ema.safetensors"):
         checkpoint.verify_checkpoint(step)

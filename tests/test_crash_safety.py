@@ -81,20 +81,28 @@ def _complete(root: Path) -> list[Path]:
     return sorted(p for p in (root / "checkpoints").glob("*/step-*") if not p.name.endswith((".tmp", ".old")))
 
 
-def _writes(root: Path) -> set[tuple[str, int, int]]:
-    """The `.tmp` checkpoint dirs now, told apart from an earlier kill's leftover of the same name."""
+def _writes(root: Path) -> set[tuple[str, int]]:
+    """The `.tmp` checkpoint dirs now (name, inode): a new write is told apart from an earlier kill's leftover."""
     found = set()
     for p in _torn_writes(root):
         try:
-            st = p.stat()
+            found.add((p.name, p.stat().st_ino))
         except FileNotFoundError:  # renamed into place meanwhile
             continue
-        found.add((p.name, st.st_ino, st.st_ctime_ns))
     return found
 
 
-# What each kill waits for: True when the kill should land now. `seen` holds the store files and `.tmp` dirs that
-# were there when the attempt started, and whatever the trigger keeps.
+def _watch_writes(root: Path, seen: dict) -> None:
+    """Keep `seen["writes"]` (an earlier kill's leftovers, forgotten once swept) and `seen["new_writes"]` (this
+    attempt's writes, in order)."""
+    now = _writes(root)
+    seen["writes"] &= now
+    for w in sorted(now - seen["writes"] - set(seen["new_writes"])):
+        seen["new_writes"].append(w)
+
+
+# What each kill waits for: True when the kill should land now. `seen` holds the store files there when the attempt
+# started, the checkpoint writes (`_watch_writes`) and whatever the trigger keeps.
 def after_seconds(seconds: float):
     return lambda a, seen: a.elapsed() >= seconds
 
@@ -118,11 +126,8 @@ def after_new_steps(n: int):
 def in_checkpoint_write(nth: int = 1, delay: float = 0.0):
     """The `nth` checkpoint write of the attempt, `delay` s after its `.tmp` dir appears (0: at once)."""
     def ready(a, seen):
-        new = _writes(a.root) - seen["writes"]
-        for w in new - seen.setdefault("seen_writes", set()):
-            seen["seen_writes"].add(w)
-            if len(seen["seen_writes"]) == nth:
-                seen["at"] = time.monotonic()
+        if "at" not in seen and len(seen["new_writes"]) >= nth:
+            seen["at"] = time.monotonic()
         return "at" in seen and time.monotonic() - seen["at"] >= delay
     return ready
 
@@ -134,7 +139,7 @@ KILLS = [  # (where, trigger): 10 kills
     ("mid-training", after_new_steps(3)),
     ("start-up: checkpoint loaded", on_line("resuming from")),
     ("checkpoint write", in_checkpoint_write()),
-    ("mid-training", after_new_steps(6)),
+    ("mid-training", after_new_steps(5)),
     ("2nd checkpoint write", in_checkpoint_write(nth=2)),
     ("checkpoint write, +3 ms", in_checkpoint_write(delay=0.003)),
     ("2nd checkpoint write, +8 ms", in_checkpoint_write(nth=2, delay=0.008)),
@@ -142,9 +147,9 @@ KILLS = [  # (where, trigger): 10 kills
 
 
 def _kill_when(root: Path, env: dict[str, str], trigger) -> dict:
-    seen = {"store": _store_files(root), "writes": _writes(root)}
+    seen = {"store": _store_files(root), "writes": _writes(root), "new_writes": []}
     attempt = Attempt(root, env)
-    while attempt.proc.poll() is None and not trigger(attempt, seen):
+    while attempt.proc.poll() is None and (_watch_writes(root, seen) or not trigger(attempt, seen)):
         if attempt.elapsed() > 120:
             attempt.kill()
             raise AssertionError("a kill's moment never came:\n" + "".join(attempt.lines)[-3000:])
@@ -158,7 +163,7 @@ def _kill_when(root: Path, env: dict[str, str], trigger) -> dict:
     latest = [checkpoint.latest_checkpoint(root / "checkpoints", fp) for fp in checkpoint.fingerprints(
         root / "checkpoints")]
     return {"at_s": round(attempt.elapsed(), 2), "steps_seen": attempt.steps_seen(),
-            "in_write": sorted(n for n, _, _ in _writes(root) - seen["writes"]),
+            "in_write": sorted(n for n, _ in _writes(root) - seen["writes"]),
             "latest": [p.name for p in latest], "store": sorted(_store_files(root) - seen["store"])}
 
 

@@ -140,9 +140,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
     subprocess.run(cmd(tmp_path / "full"), cwd=REPO, env=env, check=True, capture_output=True)
     proc = subprocess.Popen(cmd(tmp_path / "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+    while checkpoint.latest_checkpoint(ckpts) is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
