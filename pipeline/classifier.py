@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.nets import from_uint8
+from pipeline.progress import Progress
 
 WEIGHTS_FILE = "classifier.safetensors"
 INFO_FILE = "classifier.json"
@@ -87,8 +88,9 @@ def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch: i
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, steps: int,
-                     seed: int) -> Classifier:
-    """Adam on cross-entropy, `steps` batches of 64 drawn with replacement; deterministic for a given seed."""
+                     seed: int, progress: Progress | None = None) -> Classifier:
+    """Adam on cross-entropy, `steps` batches of 64 drawn with replacement; deterministic for a given seed.
+    `progress` gets every step's count (and prints the loss on its own schedule)."""
     cfg = ClassifierConfig(channels=images.shape[1], image_size=images.shape[-1], num_classes=num_classes)
     x_all, y_all = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.asarray(labels))
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
@@ -98,7 +100,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
         opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         model.train()
-        for _ in range(steps):
+        for step in range(steps):
             idx = torch.randint(len(x_all), (BATCH_SIZE,), generator=g)
             _, logits = model(x_all[idx])
             loss = F.cross_entropy(logits, y_all[idx])
@@ -106,6 +108,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
             loss.backward()
             opt.step()
             sched.step()
+            if progress is not None:
+                progress.update(step + 1, loss=loss.detach())
     model.eval()
     with torch.no_grad():
         feats = torch.cat([model(x_all[i : i + 500])[0] for i in range(0, len(x_all), 500)])
@@ -157,7 +161,8 @@ def fit(prepared_dir: str | Path, out_dir: str | Path, steps: int, seed: int) ->
         return {"labelled": False, "skipped": why}
     train, ref = load_split(prepared_dir, "train", mmap=False), load_split(prepared_dir, "ref", mmap=False)
     t0 = time.perf_counter()
-    model = train_classifier(train.images, train.labels, len(meta["classes"]), steps, seed)
+    model = train_classifier(train.images, train.labels, len(meta["classes"]), steps, seed,
+                             progress=Progress("classifier: step", steps))
     seconds = time.perf_counter() - t0
     metrics = {"labelled": True, "extractor": f"classifier-{meta['source']}",
                "ref_accuracy": round(accuracy(model, ref.images, ref.labels), 5),

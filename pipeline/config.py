@@ -144,7 +144,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model_name: str = spec("dcgan-digits")
+    model_name: str = spec("auto", doc="registered model name; auto = <model.arch>-<data.dataset>, e.g. dcgan-digits")
     onnx: bool = spec(True)
     promote_metric: str = spec("fid", choices=("fid",))
     weights: str = spec("ema", choices=("ema", "last", "best"), doc="which generator to ship; must equal eval.weights")
@@ -158,7 +158,10 @@ class TrackingConfig:
     required: bool = spec(True, doc="true: stop before training when the server is unreachable")
     timeout_seconds: float = spec(10.0, gt=0.0, doc="per request")
     max_retries: int = spec(2, ge=0, le=100)
-    tensorboard: bool = spec(True)
+    tensorboard: bool = spec(True, doc="one subdirectory per run, named like the MLflow run")
+    system_metrics: bool = spec(True, doc="MLflow's CPU/memory/GPU metrics; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false "
+                                          "also turns them off")
+    system_metrics_seconds: float = spec(10.0, gt=0.0, doc="sampling interval")
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,11 @@ class Params:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.export.model_name == "auto":  # resolved once, so every reader (export, gan-registry) agrees
+            name = f"{self.model.arch}-{self.data.dataset}"
+            object.__setattr__(self, "export", dataclasses.replace(self.export, model_name=name))
 
     def gradient_penalties(self) -> list[str]:
         """The per-sample input-gradient penalties this run applies to D (BatchNorm in D breaks them)."""

@@ -75,7 +75,7 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     meta = read_meta(paths.prepared)
     G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
     t0 = time.perf_counter()
-    scorer = make_scorer(ec, paths.prepared, paths.classifier, dist=dist)
+    scorer = make_scorer(ec, paths.prepared, paths.classifier, dist=dist, progress=True)
     G.to(dist.device)
     feats = scorer.generator_features(G, ec.num_samples, ec.seed)
     lo, hi = dist.process_index * ec.num_samples // dist.num_processes, \
@@ -113,9 +113,12 @@ def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: 
          wall: float) -> None:
     """The same values into the pipeline's MLflow run, as eval/<extractor>/<torch-fidelity key>."""
     name = report["eval_info"]["extractor"]
-    tracker = Tracker.resume(params.tracking, paths.run_file)
+    tracker = Tracker.resume(params.tracking, paths.run_file, stage="evaluate")
     step = int(gcfg.get("params", {}).get("train", {}).get("steps", 0))  # the trained generator's step
     try:
+        used = {k: v for k, v in params.flat().items() if k.startswith("eval.")}
+        tracker.log_params(used)  # a re-run with other values: stage.evaluate.<key> tags (Tracker.log_params)
+        tracker.log_dict(used, "config/evaluate.json")
         values = {f"eval/{name}/{k}": v for k, v in report[name].items()}
         values.update({f"eval/{name}/intra_fid/{_METRIC_UNSAFE.sub('_', k)}": v
                        for k, v in report.get(f"{name}/intra_fid", {}).items()})

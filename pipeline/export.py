@@ -207,11 +207,14 @@ def _check_inputs(params: Params, config: dict, summary: EvalSummary, eval_json:
 def register(params: Params, paths: ExportPaths, files: dict[str, Path], config: dict,
              summary: EvalSummary) -> dict:
     """Log the pyfunc into the pipeline run, register it, apply the champion rule; the registry.json record."""
-    tracker = tracking.Tracker.resume(params.tracking, paths.run_file)
+    tracker = tracking.Tracker.resume(params.tracking, paths.run_file, stage="export")
     if not tracker.active:
         return {"registered": False, "reason": "no MLflow run (tracking disabled, or train ran untracked)"}
     status = "FAILED"
     try:
+        used = {k: v for k, v in params.flat().items() if k.startswith("export.")}  # model_name resolved
+        tracker.log_params(used)
+        tracker.log_dict(used, "config/export.json")
         net = NetConfig.from_dict(config["net"])
         artifacts = {"generator": str(files["pt2"]), "config": str(files["config"])}
         model_uri = tracking.log_pyfunc_model(tracker, pyfunc_model.__file__, artifacts, net.z_dim,

@@ -46,6 +46,7 @@ from pipeline import classifier
 from pipeline.config import METRICS, EvalConfig
 from pipeline.data import load_split, read_meta
 from pipeline.nets import balanced_labels, latents, to_uint8
+from pipeline.progress import Progress
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = Path(tf_inception.URL_INCEPTION_V3).name  # the official name torch hub caches it under
@@ -348,11 +349,13 @@ class Scorer:
 
     With `dist` (an accelerate Accelerator or PartialState) of several processes, the feature methods are collective:
     each process extracts its contiguous share and every process receives all features, in sample order.
+    With `progress`, the main process prints progress lines (with an ETA) while it extracts its share.
     """
 
     def __init__(self, cfg: EvalConfig, extractor: Extractor, ref_images: np.ndarray, data_hash: str,
-                 metrics: Sequence[str] | None = None, dist: Any = None):
+                 metrics: Sequence[str] | None = None, dist: Any = None, progress: bool = False):
         self.metrics, self.skipped = scored_metrics(tuple(cfg.metrics if metrics is None else metrics), extractor)
+        self.progress = progress
         self.cfg, self.extractor, self.dist = cfg, extractor, dist
         self.rank, self.world = (dist.process_index, dist.num_processes) if dist is not None else (0, 1)
         cuda = dist.device.type == "cuda" if dist is not None else torch.cuda.is_available()
@@ -371,7 +374,7 @@ class Scorer:
                                               cfg.download_timeout_seconds)
         # torch-fidelity keys its cache by this name alone, so it carries the data hash and the extractor version.
         self.cache_name = f"ref-{data_hash}-{extractor.version}"
-        self.real = self._cached(self.cache_name, lambda: self.image_features(ref_images))
+        self.real = self._cached(self.cache_name, lambda: self.image_features(ref_images, "reference images"))
         self.real_stats = fid_featuresdict_to_statistics_cached(
             self.real, self.cache_name, self.fe, self.layers["fid"], **self.kw) if "fid" in self.metrics else None
 
@@ -391,11 +394,32 @@ class Scorer:
         return cache_lookup_group_recompute_all_on_any_miss(prefix, self.fe.get_requested_features_list(), compute,
                                                             **self.kw)
 
-    def _extract(self, make: Callable[[int, int], Dataset], n: int) -> Features:
+    @contextmanager
+    def _progress(self, what: str, n: int) -> Iterator[None]:
+        """Progress lines while the extractor embeds this process's n images (counted after each batch)."""
+        if not self.progress or self.rank != 0:
+            yield
+            return
+        share = f" (process 0's share of {self.world})" if self.world > 1 else ""
+        bar, done = Progress(f"evaluate: {what}{share}", n), 0
+
+        def count(module: nn.Module, args: tuple, output: object) -> None:
+            nonlocal done
+            done += len(args[0])
+            bar.update(done)
+
+        hook = self.fe.register_forward_hook(count)
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    def _extract(self, make: Callable[[int, int], Dataset], n: int, what: str) -> Features:
         """This process's share [start, stop) of n samples -> features of all n, gathered in order."""
         bounds = [r * n // self.world for r in range(self.world + 1)]  # shares differ by at most one
-        local = get_featuresdict_from_dataset(make(bounds[self.rank], bounds[self.rank + 1]), self.fe,
-                                              self.kw["batch_size"], self.kw["cuda"], True, False)
+        share = make(bounds[self.rank], bounds[self.rank + 1])
+        with self._progress(what, len(share)):
+            local = get_featuresdict_from_dataset(share, self.fe, self.kw["batch_size"], self.kw["cuda"], True, False)
         if self.world == 1:
             return local
         from accelerate.utils import gather
@@ -408,9 +432,9 @@ class Scorer:
             out[key] = torch.cat([full[r * width : r * width + sizes[r]] for r in range(self.world)])
         return out
 
-    def image_features(self, images: np.ndarray | torch.Tensor) -> Features:
+    def image_features(self, images: np.ndarray | torch.Tensor, what: str = "images") -> Features:
         """uint8 (N, C, H, W) -> features."""
-        return self._extract(lambda a, b: _Images(images[a:b], self.extractor.rgb), len(images))
+        return self._extract(lambda a, b: _Images(images[a:b], self.extractor.rgb), len(images), what)
 
     def generator_features(self, generator: nn.Module, n: int, seed: int) -> Features:
         """n samples of G (in eval mode) from `latents(n, z_dim, seed)`, quantised with nets.to_uint8 -> features.
@@ -423,7 +447,7 @@ class Scorer:
         try:
             block = self.kw["batch_size"]
             return self._extract(lambda a, b: _Generated(generator, z[a:b], None if labels is None else labels[a:b],
-                                                         block, self.extractor.rgb), n)
+                                                         block, self.extractor.rgb), n, "generated samples")
         finally:
             generator.train(was_training)
 
@@ -460,11 +484,11 @@ class Scorer:
 
 
 def make_scorer(cfg: EvalConfig, prepared_dir: str | Path, classifier_dir: str | Path | None,
-                metrics: Sequence[str] | None = None, dist: Any = None) -> Scorer:
+                metrics: Sequence[str] | None = None, dist: Any = None, progress: bool = False) -> Scorer:
     """The scorer for the prepared data's reference split and the extractor eval.extractor resolves to."""
     meta = read_meta(prepared_dir)
     ref = load_split(prepared_dir, "ref").images
-    return Scorer(cfg, resolve_extractor(cfg, meta, classifier_dir), ref, meta["hash"], metrics, dist)
+    return Scorer(cfg, resolve_extractor(cfg, meta, classifier_dir), ref, meta["hash"], metrics, dist, progress)
 
 
 def train_fid_evaluator(cfg: EvalConfig, prepared_dir: str | Path, classifier_dir: str | Path | None,

@@ -105,6 +105,12 @@ class Sender:
             c.log_artifact(run, str(self.dir / records[0]["blob"]), records[0]["artifact_path"])
         elif op == "dict":
             c.log_dict(run, records[0]["dict"], records[0]["artifact_file"])
+        elif op == "dataset":
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            r = records[0]
+            c.log_inputs(run, datasets=[DatasetInput(Dataset(**r["dataset"]),
+                                                     [InputTag(k, v) for k, v in r["tags"].items()])])
         elif op == "status":
             r = records[0]
             if r["status"] == "RUNNING":
@@ -234,14 +240,19 @@ class Spool:
         attempt, last_fsync = 0, time.monotonic()
         while True:
             with self._cv:
-                while not self._queue and not self._closing and not self._stop:
+                if not self._queue and not self._closing and not self._stop:
                     self._cv.wait(timeout=FSYNC_SECONDS)
-                    if time.monotonic() - last_fsync >= FSYNC_SECONDS:
-                        self._fsync()
-                        last_fsync = time.monotonic()
-                if self._stop or not self._queue:
+                if self._stop or (self._closing and not self._queue):
                     return
-                batch = take_batch(self._queue)
+                sync = self._dirty and time.monotonic() - last_fsync >= FSYNC_SECONDS
+                self._dirty = self._dirty and not sync
+                batch = take_batch(self._queue) if self._queue else None
+            if sync:  # outside the lock: `put` never waits on the disk
+                with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
+                    os.fsync(self._file.fileno())
+                last_fsync = time.monotonic()
+            if batch is None:
+                continue
             try:
                 self._sender.send(batch)
             except Exception as e:  # noqa: BLE001 - any failure: keep the record, retry after a pause
@@ -290,10 +301,11 @@ class Spool:
             self._cv.notify_all()
 
 
-    def pending_steps(self) -> list[int]:
-        """The steps of the metric points not yet sent."""
+    def pending_steps(self, skip_prefix: str | None = None) -> list[int]:
+        """The steps of the metric points not yet sent (but those of keys starting with `skip_prefix`)."""
         with self._cv:
-            return [p[3] for r in self._queue if r["op"] == "metrics" for p in r["points"]]
+            return [p[3] for r in self._queue if r["op"] == "metrics" for p in r["points"]
+                    if not (skip_prefix and p[0].startswith(skip_prefix))]
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,6 +23,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,14 +43,38 @@ class TrackingError(RuntimeError):
 SPOOL_DIR = ".tracking-spool"  # under the main repository's root
 TAG_HOST, TAG_PID = "pipeline.host", "pipeline.pid"  # who is writing the run (to find runs left RUNNING by a kill)
 SQLITE = "sqlite:///"
+# MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview (the tag its
+# experiment page reads; other values: genai_development, finetuning, ...).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (its run page's "System metrics" tab)
+STAGE_TAG = "stage.{stage}.{key}"  # the value a later run of `stage` used, where the run's param holds another
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    return _git("rev-parse", "HEAD")
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags, as its own run context sets them: the entry point (`mlflow.source.name`,
+    relative to the repository), `LOCAL`, and the git commit, branch and remote where git knows them. The run page
+    shows them as "Source" and the commit."""
+    main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    root = repo_root()
+    name = str(main.relative_to(root)) if main and main.is_relative_to(root) else (main.name if main else "")
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+    tags = {"mlflow.source.name": name or "unknown", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git_commit() or "unknown",
+            "mlflow.source.git.branch": branch if branch != "HEAD" else None,  # HEAD: detached, no branch
+            "mlflow.source.git.repoURL": _git("config", "--get", "remote.origin.url")}
+    return {k: v for k, v in tags.items() if v}
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -175,11 +201,18 @@ def _now_ms() -> int:
 class Tracker:
     """One run's tracking. Disabled parts are silent no-ops, so callers never branch on them.
 
-    `run_id` continues an existing run (a later stage, or a resumed train stage); otherwise a new run is created,
-    named after the DVC experiment."""
+    `run_id` continues an existing run (a later stage, or a resumed train stage); otherwise a new run is created.
+    Either way the run is named after the DVC experiment (`DVC_EXP_NAME`) when there is one. `stage` names the
+    stage that logs (see `log_params`); `system_metrics` samples the machine while the run is open (the train
+    stage: `SystemMetrics`). TensorBoard gets one subdirectory per run under `tensorboard_dir`:
+    `tensorboard_run` (a resumed train stage passes the one its checkpoint names), else the DVC experiment's name,
+    else the MLflow run id, else a timestamp."""
 
-    def __init__(self, cfg: TrackingConfig | None = None, run_id: str | None = None, tensorboard_dir: str | None = None):
+    def __init__(self, cfg: TrackingConfig | None = None, run_id: str | None = None,
+                 tensorboard_dir: str | Path | None = None, stage: str = "train", tensorboard_run: str | None = None,
+                 system_metrics: bool = False):
         self.cfg = cfg
+        self.stage = stage
         self.uri = resolve_uri(cfg.uri) if cfg is not None else None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -187,13 +220,23 @@ class Tracker:
         self.counts: dict[str, int] = {}  # the spool's record counts, once closed
         self._skip_through = -1  # metrics and images at steps <= this are already in the run (resumed train)
         self._params: dict[str, str] = {}  # params the run already holds (MLflow refuses to change one)
+        self._tags: dict[str, str] = {}  # tags the run already holds
+        self._system_step = 0  # the next step of the system metrics (continued on a resumed run)
+        self._system: SystemMetrics | None = None
         self._tb = None
+        self.tensorboard_run: str | None = None
         if cfg is not None and cfg.enabled:
             self._connect(run_id)
+        if system_metrics and self.spool is not None and cfg.system_metrics and _system_metrics_wanted():
+            self._system = SystemMetrics(self._put, cfg.system_metrics_seconds, self._system_step)
         if tensorboard_dir and (cfg is None or cfg.tensorboard):
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(tensorboard_dir)
+            base = Path(tensorboard_dir)
+            base = base if base.is_absolute() else repo_root() / base  # as the store: not lost with a DVC temp copy
+            self.tensorboard_run = tensorboard_run or os.environ.get("DVC_EXP_NAME") or self.run_id or _new_dir(
+                base, time.strftime("%Y%m%d-%H%M%S"))
+            self._tb = SummaryWriter(str(base / self.tensorboard_run))
 
     # Connection.
     def _connect(self, run_id: str | None) -> None:
@@ -226,6 +269,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         here = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+        exp_name = os.environ.get("DVC_EXP_NAME")
         if run_id is not None:
             try:
                 run = client.get_run(run_id)
@@ -234,22 +278,37 @@ class Tracker:
                     raise
                 print(f"WARNING: run {run_id} is not in {self.uri}; starting a new run", file=sys.stderr)
             else:
-                self._params = dict(run.data.params)
-                client.update_run(run_id, status="RUNNING")
-                for k, v in here.items():
+                self._params, self._tags = dict(run.data.params), dict(run.data.tags)
+                steps = [m.step for m in getattr(run.data, "_metric_objs", []) if m.key.startswith(SYSTEM_PREFIX)]
+                self._system_step = max(steps, default=-1) + 1
+                # A later stage re-run in another DVC experiment (train cached): the run takes that name.
+                rename = exp_name if exp_name and exp_name != run.info.run_name else None
+                client.update_run(run_id, status="RUNNING", name=rename)
+                commit = git_commit() or "unknown"
+                if commit != self._tags.get("mlflow.source.git.commit"):
+                    here[STAGE_TAG.format(stage=self.stage, key="git.commit")] = commit
+                for k, v in {**here, **({"dvc.exp_name": exp_name} if exp_name else {})}.items():
                     client.set_tag(run_id, k, v)
+                self._experiment(client, run.info.experiment_id)
                 return run
-        exp = client.get_experiment_by_name(self.cfg.experiment)
-        if exp is not None:
-            exp_id = exp.experiment_id
-        else:
+        exp_id = self._experiment(client)
+        tags = {**source_tags(), **here}
+        if exp_name:
+            tags["dvc.exp_name"] = exp_name
+        return client.create_run(exp_id, tags=tags, run_name=exp_name)
+
+    def _experiment(self, client, exp_id: str | None = None) -> str:
+        """The experiment's id (created if needed), tagged as a model-training experiment (EXPERIMENT_KIND)."""
+        exp = client.get_experiment(exp_id) if exp_id else client.get_experiment_by_name(self.cfg.experiment)
+        if exp is None:
             local = _sqlite_file(self.uri)  # artifacts next to a local store, not in the working directory
-            exp_id = client.create_experiment(
-                self.cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None)
-        tags = {"mlflow.source.git.commit": git_commit() or "unknown", **here}
-        if os.environ.get("DVC_EXP_NAME"):
-            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        return client.create_run(exp_id, tags=tags, run_name=os.environ.get("DVC_EXP_NAME"))
+            return client.create_experiment(
+                self.cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None,
+                tags=EXPERIMENT_KIND)
+        for k, v in EXPERIMENT_KIND.items():
+            if exp.tags.get(k) != v:  # an experiment created before: the UI opens it on its runs too
+                client.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id
 
     def _mark_killed_runs(self, client) -> None:
         """Runs of this experiment left RUNNING by a process of this host that no longer exists -> KILLED."""
@@ -280,9 +339,10 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.uri)
-        keys = retry_locked(lambda: client.get_run(self.run_id)).data.metrics
+        keys = [k for k in retry_locked(lambda: client.get_run(self.run_id)).data.metrics
+                if not k.startswith(SYSTEM_PREFIX)]  # system metrics count their own steps
         steps = [m.step for k in keys for m in retry_locked(lambda k=k: client.get_metric_history(self.run_id, k))]
-        steps += self.spool.pending_steps()
+        steps += self.spool.pending_steps(skip_prefix=SYSTEM_PREFIX)
         self._skip_through = max([start, *steps])
         return self._skip_through
 
@@ -292,14 +352,50 @@ class Tracker:
             self.spool.put(op, **fields)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """New params; on a continued run, a param logged before with another value (e.g. a longer
-        train.steps) goes into a `resumed_with.<key>` tag instead."""
-        values = {k: str(v)[:6000] for k, v in params.items()}
-        changed = {f"resumed_with.{k}": v for k, v in values.items() if self._params.get(k, v) != v}
-        if new := {k: v for k, v in values.items() if k not in self._params}:
+        """The params this stage used. Each stage logs only its own sections (train: data, model, train, tracking;
+        evaluate: eval; export: export). A key the run holds with another value (MLflow refuses to change a param:
+        a resumed train with a longer train.steps, an evaluate re-run with another eval.kid_subset_size) goes into
+        the tag `stage.<stage>.<key>` instead; once such a tag exists it is rewritten on every run of the stage, so
+        it always holds the value that stage last used."""
+        new, changed = {}, {}
+        for k, v in ((k, str(v)[:6000]) for k, v in params.items()):
+            tag = STAGE_TAG.format(stage=self.stage, key=k)
+            if k not in self._params:
+                new[k] = v
+            elif self._params[k] != v or tag in self._tags:
+                changed[tag] = v
+        if new:
             self._put("params", params=new)
+            self._params.update(new)
         if changed:
             self.set_tags(changed)
+            self._tags.update(changed)
+
+    def log_dataset(self, name: str, digest: str, source: dict[str, Any], schema: dict[str, Any] | None = None,
+                    profile: dict[str, Any] | None = None, context: str = "training") -> None:
+        """The run's input data set, as MLflow's dataset API records it (the run page's "Datasets"): `digest`
+        identifies the content, `source` says where it came from ({"uri": ...}), `schema` is an MLflow schema
+        dict, `profile` free-form counts. `context` is MLflow's `mlflow.data.context` input tag."""
+        self._put("dataset", dataset={"name": name, "digest": digest, "source_type": "local",
+                                      "source": json.dumps(source), "schema": json.dumps(schema) if schema else None,
+                                      "profile": json.dumps(profile) if profile else None},
+                  tags={"mlflow.data.context": context})
+
+    def log_prepared_data(self, meta: dict, context: str = "training") -> None:
+        """The prepared data (pipeline.data's meta.json) as the run's input: named after its source data set, its
+        content hash as the digest, its tensors as an MLflow tensor schema, its counts and classes as the profile."""
+        def tensor(dtype: str, shape: list[int]) -> str:
+            return json.dumps([{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}])
+
+        schema = {"mlflow_tensorspec": {"features": tensor("uint8", [-1, *meta["shape"]]),
+                                        "targets": tensor("int64", [-1])}}
+        classes = [str(c) for c in meta.get("classes") or []]
+        profile = {"train_images": meta["count"]["train"], "ref_images": meta["count"]["ref"],
+                   "shape_chw": meta["shape"], "labelled": meta.get("labelled", False), "num_classes": len(classes),
+                   "classes": classes[:50] + ([f"... ({len(classes) - 50} more)"] if len(classes) > 50 else [])}
+        if "corrupt_skipped" in meta:
+            profile["corrupt_skipped"] = meta["corrupt_skipped"]
+        self.log_dataset(meta["source"], meta["hash"], {"uri": str(meta["root"])}, schema, profile, context)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if step <= self._skip_through:
@@ -332,9 +428,27 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._put("tags", tags={k: str(v) for k, v in tags.items()})
 
+    def log_hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """TensorBoard's HParams view for this run: `hparams` and the final values of the scalars `metric_tags`
+        (already logged through `log_metrics`), written into the run's own subdirectory. TensorBoard keeps the
+        first hparams a run directory holds (as MLflow its first params): a train stage resumed after it finished,
+        with a longer train.steps, shows the first values there; MLflow's `stage.train.*` tags say what changed."""
+        if self._tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        writer = self._tb._get_file_writer()
+        for summary in hparams_summary(plain, dict.fromkeys(metric_tags, 0.0)):
+            writer.add_summary(summary)
+        self._tb.flush()
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run with `status`. Waits a bounded time for the spool to drain; what is still unsent is kept
         and named in one line."""
+        if self._system is not None:
+            self._system.stop()  # its last sample goes into the spool before the status record
+            self._system = None
         if self.spool is not None:
             self._put("status", status=status, end_time=_now_ms())
             timeout = self.cfg.timeout_seconds * (self.cfg.max_retries + 1)
@@ -357,12 +471,83 @@ class Tracker:
         Path(path).write_text(json.dumps(info, indent=2) + "\n")
 
     @classmethod
-    def resume(cls, cfg: TrackingConfig, run_file: str | Path) -> Tracker:
-        """Continue the pipeline run that train started; untracked if train ran untracked."""
+    def resume(cls, cfg: TrackingConfig, run_file: str | Path, stage: str = "train") -> Tracker:
+        """Continue the pipeline run that train started, as `stage`; untracked if train ran untracked."""
         info = json.loads(Path(run_file).read_text()) if Path(run_file).exists() else {}
         if not info.get("run_id") or not cfg.enabled:
-            return cls(None)
-        return cls(cfg, run_id=info["run_id"])
+            return cls(None, stage=stage)
+        return cls(cfg, run_id=info["run_id"], stage=stage)
+
+
+def _new_dir(base: Path, name: str) -> str:
+    """`name`, or `name-2`, `name-3`, ... : the first that is not a directory under `base` yet."""
+    n, candidate = 1, name
+    while (base / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def _system_metrics_wanted() -> bool:
+    """MLflow's own switch, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, turns them off when set to false."""
+    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() not in ("false", "0")
+
+
+class SystemMetrics:
+    """MLflow's system metrics (CPU and memory, disk, network; NVIDIA or AMD GPUs where their libraries are
+    installed), sampled by MLflow's own collectors on a daemon thread every `seconds` (MLflow's
+    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins), averaged, and logged as `system/<name>` at steps 0, 1, ...
+
+    MLflow's `SystemMetricsMonitor` would log them with a client of its own: with the server away it blocks at the
+    end of the run and gives up for good on its first failed call. Here the samples go into the run's spool like
+    every other record, so an outage only delays them, and nothing waits on the network: not the training thread,
+    not `stop`."""
+
+    def __init__(self, put: Callable[..., None], seconds: float, first_step: int = 0):
+        self._put, self._step = put, first_step
+        env = os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
+        self.seconds = float(env) if env else seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="system-metrics", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _monitors() -> list:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+        monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+        for module, name in (("gpu_monitor", "GPUMonitor"), ("rocm_monitor", "ROCMMonitor")):  # as MLflow picks
+            with contextlib.suppress(Exception):  # no GPU, or no nvidia-ml-py / pyrsmi
+                import importlib
+
+                monitors.append(getattr(importlib.import_module(f"mlflow.system_metrics.metrics.{module}"), name)())
+                break
+        return monitors
+
+    def _run(self) -> None:
+        try:
+            monitors = self._monitors()  # imports on this thread: the caller never waits for them
+            while True:
+                for m in monitors:
+                    m.collect_metrics()
+                stopping = self._stop.wait(self.seconds)
+                values = {k: v for m in monitors for k, v in m.aggregate_metrics().items()}
+                for m in monitors:
+                    m.clear_metrics()
+                now = _now_ms()
+                self._put("metrics", points=[[SYSTEM_PREFIX + k, float(v), now, self._step] for k, v in values.items()])
+                self._step += 1
+                if stopping:
+                    return
+        except Exception as e:  # noqa: BLE001 - a broken collector must never reach training
+            print(f"WARNING: system metrics stopped: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Take the last sample and stop (waits at most `timeout` s: sampling is local, never the network)."""
+        self._stop.set()
+        self._thread.join(timeout)
 
 
 def _first_line(e: BaseException) -> str:
@@ -395,9 +580,22 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def existing_store(uri: str) -> str:
+    """`uri` resolved, refusing a local SQLite store that does not exist: commands that only read (`gan-registry
+    show`, `gan-generate`) must not leave an empty store behind, as opening one with MLflow would."""
+    uri = resolve_uri(uri)
+    path = _sqlite_file(uri)
+    if path is not None and not path.exists():
+        raise TrackingError(f"no MLflow store at {path}: nothing was tracked or registered there; run the pipeline "
+                            "first, or name the store with --tracking-uri or MLFLOW_TRACKING_URI")
+    return uri
+
+
 def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
-    """`fn(client)` with a client of `uri` (None: no client), SQLite's lock retried (opening the store reads it
-    too); any other client failure becomes a TrackingError saying what failed."""
+    """`fn(client)` with a client of `uri` (None: no client; a local store must exist), SQLite's lock retried
+    (opening the store reads it too); any other client failure becomes a TrackingError saying what failed."""
+    if uri:
+        existing_store(uri)
     try:
         return retry_locked(lambda: fn(_client(uri) if uri else None))
     except TrackingError:
@@ -410,10 +608,10 @@ def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
 def champion_lock(uri: str, name: str) -> Iterator[None]:
     """Serialise read-champion / decide / move-alias among the experiments of this machine (`dvc queue start -j N`
     finishing together), so the alias ends on the best version whatever order they finish in. The lock file lives
-    next to a local store, else in the main repository's spool directory."""
+    next to a local store, else in a machine-wide directory (machines sharing a server are not serialised)."""
     uri = resolve_uri(uri)
     local = _sqlite_file(uri)
-    base = local.parent if local else spool_root()
+    base = local.parent if local else Path(tempfile.gettempdir()) / "gan-pipeline-locks"
     base.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:12]
     fd = spooling.file_lock(base / f".registry-{key}.lock", blocking=True)
@@ -512,10 +710,14 @@ def move_champion(uri: str, name: str, version: str, previous: str | None) -> No
 
 
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
-    """An MLflow pyfunc model (models:/NAME@champion, runs:/ID/generator, or a local model directory)."""
+    """An MLflow pyfunc model (models:/NAME@champion, runs:/ID/generator, or a local model directory). For a
+    models:/ or runs:/ URI the store is `tracking_uri`, else MLFLOW_TRACKING_URI, else the pipeline's default
+    (`mlflow.db` at the repository's root); a local store must exist."""
     import mlflow
 
-    if tracking_uri:
+    if model_uri.startswith(("models:/", "runs:/")):
+        _mlflow(existing_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri))
+    elif tracking_uri:
         _mlflow(tracking_uri)
     return _registry_call(f"loading {model_uri} from {mlflow.get_tracking_uri()}", None,
                           lambda _: mlflow.pyfunc.load_model(model_uri))

@@ -32,6 +32,7 @@ from pipeline.cli import Interrupted, use_cpu_cores
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
 from pipeline.nets import NetConfig, build, from_uint8, grid_inputs, sample_grid, set_condition_scale
+from pipeline.progress import Progress
 from pipeline.tracking import Tracker
 
 
@@ -329,8 +330,14 @@ class GANStep:
             if tc.loss == "wgan":
                 losses.clip_weights(D_plain, tc.clip_value)
         stats.report("Loss/D", loss_d)
-        stats.report("D/real", s_real.float().mean())
-        stats.report("D/fake", s_fake.float().mean())
+        # D's mean output, named for what it is: bce's logit as the probability D(x) it stands for, the other
+        # losses' raw critic scores.
+        out_real, out_fake = s_real.float(), s_fake.float()
+        if tc.loss in PROBABILITY_LOSSES:
+            out_real, out_fake = out_real.sigmoid(), out_fake.sigmoid()
+        key_real, key_fake = d_output_keys(tc.loss)
+        stats.report(key_real, out_real.mean())
+        stats.report(key_fake, out_fake.mean())
         if tc.loss in ("wgan", "wgan-gp"):
             stats.report("Loss/wasserstein_estimate", losses.wasserstein_estimate(s_real, s_fake))
         if self.ada is not None:
@@ -451,20 +458,22 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     acc.wait_for_everyone()
 
     # A resumed stage continues the MLflow run its checkpoint names, skipping the steps that run already holds.
-    run_id = state.get("mlflow_run_id") if ckpt is not None else None
-    tracker = Tracker(params.tracking, run_id=run_id,
-                      tensorboard_dir=str(paths.tensorboard) if paths.tensorboard else None) if main else Tracker(None)
+    run_id, tb_run = (state.get("mlflow_run_id"), state.get("tensorboard_run")) if ckpt is not None else (None, None)
+    tracker = Tracker(params.tracking, run_id=run_id, tensorboard_dir=paths.tensorboard,
+                      tensorboard_run=tb_run, system_metrics=True) if main else Tracker(None)
     if main:
         if start and tracker.run_id == run_id:
             tracker.skip_logged_steps(start)
-        tracker.log_params(params.flat())
-        tracker.log_dict(params.to_dict(), "config/params.json")
+        tracker.log_params(_train_params(params))  # evaluate and export log their own sections
+        tracker.log_dict({k: v for k, v in params.to_dict().items() if k in TRACKED_SECTIONS}, "config/train.json")
+        tracker.log_prepared_data(meta)
         tracker.set_tags({"data.hash": meta["hash"], "model.d_norm.resolved": cfg.d_norm,
                           "model.num_classes": cfg.num_classes, "world_size": world, "resumed_from_step": start})
         tracker.write_run_file(paths.run_file)
 
     grid_z = grid_inputs(cfg, tc.seed)
     t_start = t_tick = time.perf_counter()
+    progress = Progress("step", tc.steps, start=start)
     n_tick = 0
     done = start
     try:
@@ -497,11 +506,12 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
             history.append(row)
             if main:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-                print(_progress_line(row, tc.steps), flush=True)  # unbuffered under dvc
+                print(_progress_line(row, progress), flush=True)  # unbuffered under dvc
                 if done % tc.sample_every_steps == 0 or done == tc.steps:
                     tracker.log_image(sample_grid(ema.module, *grid_z), "samples/ema", done)
             if done % tc.checkpoint_every_steps == 0 or done == tc.steps:
-                loop_state = {"fingerprint": fp, "history": history, "best_fid": best_fid, "mlflow_run_id": tracker.run_id}
+                loop_state = {"fingerprint": fp, "history": history, "best_fid": best_fid, "mlflow_run_id": tracker.run_id,
+                              "tensorboard_run": tracker.tensorboard_run}
                 if gan.ada is not None:
                     loop_state["ada"] = gan.ada.state()
                 checkpoint.save_checkpoint(acc, paths.checkpoints, fp, done, ema, loop_state,
@@ -523,14 +533,32 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     return result
 
 
+TRACKED_SECTIONS = ("data", "model", "train", "tracking")  # the params train uses (data: through prepare)
+
+
+def _train_params(params: Params) -> dict:
+    return {k: v for k, v in params.flat().items() if k.split(".")[0] in TRACKED_SECTIONS}
+
+
 def _is_tick(tc, done: int) -> bool:
     every = (tc.log_every_steps, tc.checkpoint_every_steps, tc.sample_every_steps, tc.fid_every_steps)
     return done == tc.steps or any(n and done % n == 0 for n in every)
 
 
-def _progress_line(row: dict, total: int) -> str:
-    keys = ("Loss/D", "Loss/G", "D/real", "D/fake", "Augment/p", "Speed/img_per_s")
-    return f"step {row['step']}/{total} " + " ".join(f"{k.split('/')[-1]}={row[k]:.3f}" for k in keys if k in row)
+# Losses whose D outputs the logit of a probability (D(x) = sigmoid(logit)); the others' D is an unbounded critic.
+PROBABILITY_LOSSES = ("bce",)
+D_OUTPUT_KEYS = ("D/real_prob", "D/fake_prob", "D/real_score", "D/fake_score")
+
+
+def d_output_keys(loss: str) -> tuple[str, str]:
+    """The stats names of D's mean output on reals and fakes under `loss`: probabilities or critic scores."""
+    return D_OUTPUT_KEYS[:2] if loss in PROBABILITY_LOSSES else D_OUTPUT_KEYS[2:]
+
+
+def _progress_line(row: dict, progress: Progress) -> str:
+    """`step 300/2000 D=1.21 G=0.93 real_prob=0.61 fake_prob=0.38 img_per_s=512, 12.3 s elapsed, ETA 57 s`."""
+    keys = ("Loss/D", "Loss/G", *D_OUTPUT_KEYS, "Augment/p", "Speed/img_per_s")
+    return progress.line(row["step"], **{k.split("/")[-1]: row[k] for k in keys if k in row})
 
 
 def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, world, tracker) -> dict:
@@ -550,13 +578,14 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
     metrics = {
         "steps": params.train.steps, "resumed_from_step": start, "world_size": world,
         "loss_d": last.get("Loss/D"), "loss_g": last.get("Loss/G"),
-        "d_real": last.get("D/real"), "d_fake": last.get("D/fake"),
+        **{k.replace("/", "_").lower(): last[k] for k in D_OUTPUT_KEYS if k in last},  # d_real_prob, ...
         "img_per_s": float(np.median(speeds)) if speeds else None,
         "wall_seconds": round(wall, 2),
     }
     tracker.log_artifact(paths.plots / "samples.png", "samples")
     tracker.log_artifact(paths.plots / "train_loss.png", "plots")
     tracker.log_artifact(paths.models / checkpoint.GENERATOR_CONFIG, "generator")
+    tracker.log_hparams(_train_params(params), [k for k in last if k != "step"])
     tracker.close()  # drains the spool (bounded): its counts go into the metrics
     metrics["tracking"] = tracker.counts
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -566,13 +595,15 @@ def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, wor
 
 def _write_curves(history: list[dict], plots: Path) -> None:
     """plots/train_loss.csv for `dvc plots`, and the same curves as a PNG that renders offline."""
-    keys = ["step", "Loss/D", "Loss/G", "D/real", "D/fake"]
+    # Fixed leading columns whatever the loss (dvc.yaml's plots name them); D's outputs that the loss does not give
+    # are nan, which the plots skip.
+    keys = ["step", "Loss/D", "Loss/G", *D_OUTPUT_KEYS]
     extra = sorted({k for r in history for k in r} - set(keys))
     with open(plots / "train_loss.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k.replace("/", "_") for k in keys + extra])
         w.writeheader()
         for r in history:
-            w.writerow({k.replace("/", "_"): r.get(k, "") for k in keys + extra})
+            w.writerow({k.replace("/", "_"): r.get(k, "nan" if k in D_OUTPUT_KEYS else "") for k in keys + extra})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -582,9 +613,11 @@ def _write_curves(history: list[dict], plots: Path) -> None:
     steps = [r["step"] for r in history]
     for k in ("Loss/D", "Loss/G"):
         axes[0].plot(steps, [r.get(k, float("nan")) for r in history], label=k)
-    for k in ("D/real", "D/fake"):
+    shown = [k for k in D_OUTPUT_KEYS if any(k in r for r in history)]
+    for k in shown:
         axes[1].plot(steps, [r.get(k, float("nan")) for r in history], label=k)
-    for ax, title in zip(axes, ("losses", "discriminator scores"), strict=True):
+    d_title = "D(x), D(G(z)): probabilities" if any(k.endswith("_prob") for k in shown) else "D: critic scores"
+    for ax, title in zip(axes, ("losses", d_title), strict=True):
         ax.set_xlabel("generator step")
         ax.set_title(title)
         ax.legend()

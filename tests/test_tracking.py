@@ -29,14 +29,14 @@ def _check_run(uri, run_file):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.loss"] == "bce" and run.data.params["data.image_size"] == "16"
-    for key in ("Loss/D", "Loss/G", "D/real", "D/fake", "Grad/norm_D", "Grad/norm_G", "Speed/img_per_s"):
+    for key in ("Loss/D", "Loss/G", "D/real_prob", "D/fake_prob", "Grad/norm_D", "Grad/norm_G", "Speed/img_per_s"):
         assert key in run.data.metrics, key
     history = client.get_metric_history(run_id, "Loss/D")
     assert [m.step for m in history] == [4, 6, 8, 12]
     assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["data.hash"]
     paths = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for d in ("config", "samples", "images") for a in client.list_artifacts(run_id, d)}
-    assert "config/params.json" in paths and "samples/samples.png" in paths
+    assert "config/train.json" in paths and "samples/samples.png" in paths
     assert any(p.startswith("images/samples~ema") for p in paths), paths
     return run
 
@@ -71,7 +71,7 @@ def test_tensorboard_receives_scalars_and_images(tmp_path):
     t.log_metrics({"Loss/D": 0.5}, step=3)
     t.log_image(np.zeros((8, 8, 3), np.uint8), "samples/ema", 3)
     t.close()
-    acc = EventAccumulator(str(tmp_path / "tb")).Reload()
+    acc = EventAccumulator(str(tmp_path / "tb" / t.tensorboard_run)).Reload()  # one subdirectory per run
     assert acc.Scalars("Loss/D")[0].value == 0.5 and acc.Tags()["images"] == ["samples/ema"]
 
 
@@ -176,5 +176,5 @@ def test_a_resumed_run_continues_its_mlflow_run_and_logs_each_step_once(prepared
         assert [m.step for m in client.get_metric_history(first, key)] == [4, 6, 8, 12], key
     run = client.get_run(first)
     assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "8"
-    assert run.data.tags["resumed_with.train.steps"] == "12"
+    assert run.data.tags["stage.train.train.steps"] == "12"  # a param cannot change
     assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -39,7 +39,7 @@ def test_outputs(prepared_dir, tmp_path):
     saved = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert saved == metrics and saved["steps"] == 12 and saved["img_per_s"] > 0 and saved["world_size"] == 1
     rows = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()
-    assert rows[0].startswith("step,Loss_D,Loss_G,D_real,D_fake")
+    assert rows[0].startswith("step,Loss_D,Loss_G,D_real_prob,D_fake_prob,D_real_score,D_fake_score")
     assert [r.split(",")[0] for r in rows[1:]] == ["4", "6", "8", "12"]  # log every 4, grid/checkpoint every 6
     for png in ("samples.png", "train_loss.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
