@@ -10,15 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pipeline import yaml12
 
 
 class ParamsError(ValueError):
@@ -209,18 +207,6 @@ def _plain(x: Any) -> Any:
     return x
 
 
-_REPR = reprlib.Repr()  # values in messages: one line, long strings, lists and integers shortened
-_REPR.maxstring = _REPR.maxother = 60
-
-
-def _show(value: Any) -> str:
-    return _REPR.repr(value)
-
-
-def _name(key: Any) -> str:
-    return key if isinstance(key, str) and key.isprintable() and key else _show(key)
-
-
 def _describe(kind: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
 
@@ -245,11 +231,11 @@ def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
     if origin is tuple:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
-            raise ParamsError(f"params.yaml: {key} must be a non-empty list, got {_show(value)}")
+            raise ParamsError(f"params.yaml: {key} must be a non-empty list, got {yaml12.show(value)}")
         out = tuple(_coerce(key, str, v, meta) for v in items)
         repeated = [v for i, v in enumerate(out) if v in out[:i]]
         if repeated:
-            raise ParamsError(f"params.yaml: {key} lists {repeated[0]!r} twice, got {_show(list(out))}")
+            raise ParamsError(f"params.yaml: {key} lists {repeated[0]!r} twice, got {yaml12.show(list(out))}")
         return out
     choices = meta.get("choices")
     if kind is str and isinstance(value, bool) and choices and str(value).lower() in choices:
@@ -262,22 +248,22 @@ def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
     }[kind]
     if not ok:
         rule = f"one of {', '.join(map(str, choices))}" if choices else _describe(kind)
-        raise ParamsError(f"params.yaml: {key} must be {rule}, got {_show(value)}")
+        raise ParamsError(f"params.yaml: {key} must be {rule}, got {yaml12.show(value)}")
     if kind is float:
         try:
             number = float(value)
         except OverflowError:  # an integer beyond any float
             number = math.inf
         if not math.isfinite(number):
-            raise ParamsError(f"params.yaml: {key} must be a finite number, got {_show(value)}")
+            raise ParamsError(f"params.yaml: {key} must be a finite number, got {yaml12.show(value)}")
         value = number
     if choices and value not in choices:
-        raise ParamsError(f"params.yaml: {key} must be one of {', '.join(map(str, choices))}, got {_show(value)}")
+        raise ParamsError(f"params.yaml: {key} must be one of {', '.join(map(str, choices))}, got {yaml12.show(value)}")
     lo_ge, lo_gt, hi = meta.get("ge"), meta.get("gt"), meta.get("le")
     if (lo_ge is not None and value < lo_ge) or (lo_gt is not None and value <= lo_gt) or (
         hi is not None and value > hi
     ):
-        raise ParamsError(f"params.yaml: {key} must be {_rule_text(kind, meta, value)}, got {_show(value)}")
+        raise ParamsError(f"params.yaml: {key} must be {_rule_text(kind, meta, value)}, got {yaml12.show(value)}")
     return value
 
 
@@ -285,13 +271,13 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {_show(raw)}")
+        raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {yaml12.show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
             raise ParamsError(
-                f"params.yaml: unknown key {section}.{_name(key)} (known: {', '.join(sorted(fields))})"
+                f"params.yaml: unknown key {section}.{yaml12.key_name(key)} (known: {', '.join(sorted(fields))})"
             )
     values = {k: _coerce(f"{section}.{k}", hints[k], v, dict(fields[k].metadata)) for k, v in raw.items()}
     return cls(**values)
@@ -327,101 +313,11 @@ def _check_combinations(p: Params) -> None:
         )
 
 
-# YAML 1.2 core schema, what DVC's ruamel writes: `1e-4` is a float; `1:30` (base 60), `1_000`, `0b1`, yes/no/on/off
-# and dates stay strings, so a typed key refuses them. PyYAML alone implements YAML 1.1.
-_NULL_RE = re.compile(r"(?:~|null|Null|NULL|)\Z")
-_BOOL_RE = re.compile(r"(?:true|True|TRUE|false|False|FALSE)\Z")
-_INT_RE = re.compile(r"(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
-_FLOAT_RE = re.compile(r"(?:[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
-                       r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))\Z")
-_MAX_DIGITS = 100  # a longer integer exceeds every bound (and Python refuses to read one over 4300 digits)
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 core resolvers; a key given twice in one mapping is an error."""
-
-    yaml_implicit_resolvers: dict = {}
-    yaml_constructors = {tag: f for tag, f in yaml.SafeLoader.yaml_constructors.items()  # core tags only
-                         if tag is None or tag.rsplit(":", 1)[-1] in ("null", "str", "seq", "map")}
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.keys: dict[int, str] = {}  # id(node) -> the dotted key whose value it is, e.g. train.seed
-
-    def key_of(self, node: yaml.Node) -> str:
-        return self.keys.get(id(node), f"the value at line {node.start_mark.line + 1}")
-
-    def construct_sequence(self, node: yaml.Node, deep: bool = False) -> list:
-        for i, item in enumerate(node.value if isinstance(node, yaml.SequenceNode) else ()):
-            self.keys[id(item)] = f"{self.keys.get(id(node), '')}[{i}]"
-        return super().construct_sequence(node, deep)
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if not isinstance(node, yaml.MappingNode):
-            raise yaml.constructor.ConstructorError(None, None, f"expected a mapping, found {node.id}", node.start_mark)
-        prefix = self.keys[id(node)] + "." if id(node) in self.keys else ""
-        out, lines = {}, {}
-        for key_node, value_node in node.value:
-            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
-            try:
-                seen = lines.get(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, "found an unhashable key",
-                                                        key_node.start_mark) from None
-            if seen:
-                raise ParamsError(f"params.yaml: duplicate key {prefix}{_name(key)} (lines {seen} and {line})")
-            lines[key] = line
-            self.keys[id(value_node)] = prefix + _name(key)
-            out[key] = self.construct_object(value_node, deep=deep)
-        return out
-
-
-def _scalar(loader: _Loader, node: yaml.Node, pattern: re.Pattern, kind: str) -> str:
-    """The node's text, which must spell a YAML 1.2 `kind` (checked again for an explicit tag such as `!!int 1:30`)."""
-    text = loader.construct_scalar(node)
-    if not pattern.match(text):
-        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 {kind}", node.start_mark)
-    return text
-
-
-def _construct_int(loader: _Loader, node: yaml.Node) -> int:
-    text = _scalar(loader, node, _INT_RE, "integer")
-    if len(text) > _MAX_DIGITS:
-        raise ParamsError(f"params.yaml: {loader.key_of(node)} is too large: an integer of {len(text)} digits")
-    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
-    return int(text[2:] if base != 10 else text, base)
-
-
-def _construct_float(loader: _Loader, node: yaml.Node) -> float:
-    text = _scalar(loader, node, _FLOAT_RE, "float").lower()
-    return float(text.replace(".", "") if text.lstrip("+-") in (".inf", ".nan") else text)  # float() reads inf, nan
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:null", _NULL_RE, [*"~nN", ""])
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_RE, list("tTfF"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_RE, list("-+0123456789"))  # before float: 12 is both
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+.0123456789"))
-_Loader.add_constructor("tag:yaml.org,2002:bool", lambda lo, n: _scalar(lo, n, _BOOL_RE, "boolean").lower() == "true")
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
-
-
 def _load_yaml(text: str, what: str) -> Any:
-    """`text` read with `_Loader`; any failure is a one-line ParamsError that says `what` was read."""
     try:
-        return yaml.load(text, Loader=_Loader)
-    except ParamsError:
-        raise
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = (str(e.problem or e.context or type(e).__name__).splitlines() or [""])[0]
-        raise ParamsError(f"params.yaml: {what} is not valid YAML: {problem}{where}") from None
-    except RecursionError:
-        raise ParamsError(f"params.yaml: {what} is not valid YAML: nested too deeply") from None
-    except (yaml.YAMLError, ValueError) as e:
-        problem = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ParamsError(f"params.yaml: {what} is not valid YAML: {problem}") from None
+        return yaml12.load(text, what)
+    except yaml12.YamlError as e:
+        raise ParamsError(f"params.yaml: {e}") from None
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
@@ -429,10 +325,10 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Params))
 
 def _check_sections(raw: Any) -> None:
     if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: the top level must be a mapping of sections, got {_show(raw)}")
+        raise ParamsError(f"params.yaml: the top level must be a mapping of sections, got {yaml12.show(raw)}")
     for name in raw:
         if name not in SECTIONS:
-            raise ParamsError(f"params.yaml: unknown section {_name(name)} (known: {', '.join(SECTIONS)})")
+            raise ParamsError(f"params.yaml: unknown section {yaml12.key_name(name)} (known: {', '.join(SECTIONS)})")
 
 
 def parse_params(raw: Any, overrides: typing.Iterable[str] = ()) -> Params:
@@ -448,7 +344,7 @@ def parse_params(raw: Any, overrides: typing.Iterable[str] = ()) -> Params:
             raise ParamsError(f"params.yaml: override must look like section.key=value, got {item!r}")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {_show(raw[section])}")
+            raise ParamsError(f"params.yaml: {section} must be a mapping of keys, got {yaml12.show(raw[section])}")
         raw[section][name] = _load_yaml(text, f"override {item!r}")
     _check_sections(raw)
     built = {f.name: _build(type(f.default_factory()), f.name, raw.get(f.name)) for f in dataclasses.fields(Params)}

@@ -1,5 +1,5 @@
-"""Progress of a long stage as plain lines with elapsed time and an ETA: `step 300/2000 D=1.21, 12.3 s elapsed, ETA 57 s`.
-
+"""A long stage's progress as plain lines with the time spent and an ETA: `step 300/2000 D=1.21, 12.3 s elapsed,
+ETA 57 s`.
 One line per update rather than a terminal bar, because DVC pipes the stages' output into its log, where a bar's
 carriage returns turn into noise; the same lines read well on a terminal and in a test.
 """

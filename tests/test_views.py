@@ -134,8 +134,10 @@ def test_evaluate_prints_progress_while_it_embeds(classifier_run, prepared_dir, 
     assert "evaluate:" not in capsys.readouterr().out  # train's FID evaluator stays quiet
 
 
-@pytest.mark.parametrize("loss, names, other", [("bce", ("D_real_prob", "D_fake_prob"), ("D_real_score", "D_fake_score")),
-                                                ("wgan", ("D_real_score", "D_fake_score"), ("D_real_prob", "D_fake_prob"))])
+PROB, SCORE = ("D_real_prob", "D_fake_prob"), ("D_real_score", "D_fake_score")
+
+
+@pytest.mark.parametrize("loss, names, other", [("bce", PROB, SCORE), ("wgan", SCORE, PROB)])
 def test_d_outputs_are_probabilities_under_bce_and_critic_scores_otherwise(prepared_dir, tmp_path, one_thread, loss,
                                                                            names, other):
     metrics = run_tiny(prepared_dir, tmp_path, tiny_params(train={"loss": loss, "steps": 4}))

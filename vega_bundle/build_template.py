@@ -59,8 +59,8 @@ def build(tarballs: list[Path]) -> str:
         js = js.replace("</script", "<\\/script")  # an inline script ends at the first </script
         js = "\n".join(line for line in js.splitlines() if not line.startswith("//# sourceMappingURL="))
         credits.append(f"{name} {meta['version']}")
-        scripts.append(f"    <script>/*! {name} {meta['version']} | BSD-3-Clause | see vega_bundle/LICENSE.{name} */\n"
-                       f"{js}\n    </script>")
+        banner = f"/*! {name} {meta['version']} | BSD-3-Clause | see vega_bundle/LICENSE.{name} */"
+        scripts.append(f"    <script>{banner}\n{js}\n    </script>")
     return PAGE.format(credits=", ".join(credits), scripts="\n".join(scripts))
 
 
