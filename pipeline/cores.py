@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import tempfile
 import time
 from pathlib import Path
 
-CLAIMS = Path(tempfile.gettempdir()) / "gan-pipeline-cpu-claims"
+CLAIMS_ENV = "GAN_PIPELINE_CPU_CLAIMS"  # the claims directory; default: one per machine, in the temporary directory
 SETTLE_SECONDS = 0.3  # trainings that start together see each other's claims
 
 
 class CoreShare:
     """This process's claim on the machine's cores."""
 
-    def __init__(self, cores: int, claims: Path = CLAIMS):
+    def __init__(self, cores: int, claims: Path):
         self.cores, self.claims = cores, claims
         claims.mkdir(parents=True, exist_ok=True)
         self._path = claims / str(os.getpid())
@@ -51,6 +52,10 @@ class CoreShare:
                     os.close(fd)
         return n
 
+    def release(self) -> None:
+        self._path.unlink(missing_ok=True)
+        os.close(self._fd)
+
     def share(self) -> tuple[int, int]:
         """(threads, trainings): this process's share of the cores, and how many trainings share them."""
         n = self.live()
@@ -64,7 +69,8 @@ def claim(cores: int) -> tuple[int, int]:
     """Claim this process's share of `cores`; returns (threads, trainings sharing the machine)."""
     global _share
     if _share is None:
-        _share = CoreShare(cores)
+        _share = CoreShare(cores, Path(os.environ.get(CLAIMS_ENV) or Path(tempfile.gettempdir()) /
+                                       "gan-pipeline-cpu-claims"))
     threads, n = _share.share()
     _share.threads = threads
     return threads, n
@@ -82,3 +88,24 @@ def rebalance() -> None:
         torch.set_num_threads(threads)
         print(f"cpu: now {threads} threads of {_share.cores} cores ({n} training processes share this machine)",
               flush=True)
+
+
+def release() -> None:
+    """Give the claim back (a training that ends inside a longer-lived process: tests, notebooks)."""
+    global _share
+    if _share is not None:
+        _share.release()
+        _share = None
+
+
+def releasing(fn):
+    """Decorator: the claim taken while `fn` runs (through its Accelerator) is given back when it returns or fails."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release()
+
+    return wrapper

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from pipeline import cores
 from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
 from pipeline.cli import use_cpu_cores
 from pipeline.config import Params
@@ -62,6 +63,7 @@ def save_grid(generator: nn.Module, seed: int, path: Path) -> np.ndarray:
     return grid
 
 
+@cores.releasing
 def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     """Collective under `accelerate launch`: every process generates and embeds its share; the main process scores,
     writes metrics/eval.json and the grid, and logs to MLflow. Returns the eval.json content (empty elsewhere)."""

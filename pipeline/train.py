@@ -414,6 +414,7 @@ def make_accelerator(params: Params):
     return acc
 
 
+@cores.releasing
 def train(params: Params, paths: TrainPaths, accelerator=None,
           evaluator: Callable[[nn.Module], float] | None = None) -> dict:
     """Run (or resume) training; write the generator, metrics and plots. Returns the final metrics.

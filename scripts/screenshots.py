@@ -33,14 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "screenshots"
 EXP_NAME = "tidy-moth"  # the DVC experiment: the MLflow run and the TensorBoard directory are named after it
 WINDOW = (1400, 1000)
-# The tests' TINY_PIPELINE (tests/conftest.py), a little longer so the curves have a shape, and system metrics
-# sampled often enough to draw.
+# MLflow's UI opens its chat assistant by itself when the page's host is localhost or 127.0.0.1: Chromium reaches
+# the server (listening on 127.0.0.1) under this name instead.
+HOST = "mlflow-ui.test"
+# The default model at 16 px, long enough for digits to show (about a minute of training on 2 CPU cores), small
+# evaluation, and system metrics sampled often enough to draw.
 PARAMS = {
     "data": {"image_size": 16},
-    "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
-    "train": {"steps": 120, "log_every_steps": 10, "sample_every_steps": 30, "checkpoint_every_steps": 60},
-    "eval": {"num_samples": 300, "kid_subset_size": 50, "classifier_steps": 50},
-    "tracking": {"system_metrics_seconds": 2},
+    "train": {"steps": 1500, "log_every_steps": 50, "sample_every_steps": 300, "checkpoint_every_steps": 500},
+    "eval": {"num_samples": 500, "kid_subset_size": 100, "classifier_steps": 200},
+    "tracking": {"system_metrics_seconds": 5},
 }
 
 
@@ -83,7 +85,8 @@ def start_server(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--allowed-hosts", f"{HOST}:{port},127.0.0.1:{port}", "--cors-allowed-origins", f"http://{HOST}:{port}"],
         cwd=root, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -92,7 +95,7 @@ def start_server(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc, url
+                    return proc, f"http://{HOST}:{port}"
         except OSError:
             time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)
@@ -109,6 +112,7 @@ def chromium() -> str:
 def shoot(browser: str, url: str, png: Path, profile: Path, budget_ms: int = 20000) -> None:
     """One page, rendered for `budget_ms` of virtual time (MLflow's UI fetches and draws after load)."""
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
+           f"--host-resolver-rules=MAP {HOST} 127.0.0.1", "--run-all-compositor-stages-before-draw",  # else charts stay blank
            f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--virtual-time-budget={budget_ms}",
            f"--screenshot={png}", url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
@@ -131,16 +135,17 @@ def pages(root: Path, url: str, env: dict) -> dict[str, str]:
     model = json.loads((root / "export" / "registry.json").read_text())
     name, version = model["model_name"], model["version"]
     run_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}"
+    ml = "?workflowType=machine_learning"  # the sidebar's "Model training" side (it defaults to GenAI)
     plots = root / "dvc-plots"
     run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(plots)], root, env)
     return {
-        "mlflow-experiment": f"{url}/#/experiments/{exp_id}/runs",
-        "mlflow-run": run_page,
-        "mlflow-run-model-metrics": f"{run_page}/model-metrics",
-        "mlflow-run-system-metrics": f"{run_page}/system-metrics",
-        "mlflow-run-artifacts": f"{run_page}/artifacts/samples/samples.png",
-        "mlflow-registered-model": f"{url}/#/models/{name}",
-        "mlflow-model-version": f"{url}/#/models/{name}/versions/{version}",
+        "mlflow-experiment": f"{url}/#/experiments/{exp_id}/runs{ml}",
+        "mlflow-run": f"{run_page}{ml}",
+        "mlflow-run-model-metrics": f"{run_page}/model-metrics{ml}",
+        "mlflow-run-system-metrics": f"{run_page}/system-metrics{ml}",
+        "mlflow-run-artifacts": f"{run_page}/artifacts/samples/samples.png{ml}",
+        "mlflow-registered-model": f"{url}/#/models/{name}{ml}",
+        "mlflow-model-version": f"{url}/#/models/{name}/versions/{version}{ml}",
         "dvc-plots": (plots / "index.html").as_uri(),
     }
 
@@ -166,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         server, url = start_server(root, env)
         OUT.mkdir(parents=True, exist_ok=True)
         for name, page in pages(root, url, env).items():
-            if args.only is None or name in args.only:
-                shoot(browser, page, OUT / f"{name}.png", work / "chromium")
+            if args.only is None or name in args.only:  # metric charts draw one after another: more time
+                shoot(browser, page, OUT / f"{name}.png", work / "chromium", 40000 if "metrics" in name else 20000)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)

@@ -167,10 +167,14 @@ def test_prepared_data_of_another_size_is_refused(prepared_dir, tmp_path):
         run_tiny(prepared_dir, tmp_path, params)
 
 
-def test_cpu_threads_use_the_cores_that_accelerate_launch_leaves_out(monkeypatch):
+def test_cpu_threads_use_the_cores_that_accelerate_launch_leaves_out(monkeypatch, tmp_path):
     from conftest import fresh_accelerator
 
+    from pipeline import cores
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what `accelerate launch` exports on a CPU machine
+    monkeypatch.setenv(cores.CLAIMS_ENV, str(tmp_path / "claims"))  # no other training on this "machine"
+    cores.release()
     before = torch.get_num_threads()
     try:
         fresh_accelerator(tiny_params())
@@ -178,7 +182,43 @@ def test_cpu_threads_use_the_cores_that_accelerate_launch_leaves_out(monkeypatch
         fresh_accelerator(tiny_params(train={"cpu_threads": 1}))
         assert torch.get_num_threads() == 1
     finally:
+        cores.release()
         torch.set_num_threads(before)
+
+
+def test_concurrent_trainings_split_the_cores(tmp_path):
+    """Each training process claims its share: two of them on this machine take half the cores each, and a
+    claim left by a dead process does not count."""
+    import textwrap
+
+    from pipeline import cores
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "999999999").write_text("")  # a stale claim: nobody holds its lock
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        os.environ[{cores.CLAIMS_ENV!r}] = {str(claims)!r}
+        from pipeline import cores
+        cores.claim(4)
+        print("claimed", flush=True)
+        sys.stdin.readline()  # both have claimed: what share does each see now (as rebalance() asks at a tick)?
+        print(*cores._share.share(), flush=True)
+        sys.stdin.read()  # hold the claim until the test closes stdin
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["claimed", "claimed"]
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        shares = {tuple(p.stdout.readline().split()) for p in procs}
+    finally:
+        for p in procs:
+            p.communicate("")
+    assert shares == {("2", "2")}, shares
+    assert not (claims / "999999999").exists()
 
 
 def test_best_fid_generator_survives_a_resume(prepared_dir, tmp_path):
