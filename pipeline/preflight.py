@@ -59,7 +59,7 @@ def check_registry_uri(uri: str) -> None:
         raise PreflightError(f"tracking.uri={uri}: MLflow has no model registry for {scheme}: URIs, and export "
                              "registers the model there; use sqlite:///mlflow.db, a database URI or an http(s) server")
     if scheme == "sqlite" and uri.startswith("sqlite:///"):  # sqlite:// alone is in memory
-        from pipeline.tracking import resolve_uri  # a relative path is the main repository's
+        from pipeline.store import resolve_uri  # a relative path is the main repository's
 
         path = Path(resolve_uri(uri)[len("sqlite:///"):].split("?")[0])
         if not path.parent.is_dir():

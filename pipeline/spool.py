@@ -6,7 +6,7 @@ record costs a JSON line and a buffered write. The thread sends records in order
 batches; when the server does not answer, it backs off and retries the same record, so nothing is skipped and the
 order holds. `sent` names the last record the server took, so a later process (the next stage, a resumed run, or
 `gan-tracking sync`) replays exactly the rest. Replaying a record twice adds nothing twice: MLflow's SQL store drops
-a metric point it already has, params and tags are idempotent, artifacts land at fixed paths.
+a metric point it already has, params, tags and data set inputs are idempotent, artifacts land at fixed paths.
 
 The ops file is flushed on every record (so a `kill -9` loses nothing that was logged) and fsync'd in batches (at most
 `FSYNC_SECONDS` behind, for power loss). It holds only what is not yet sent: once the thread catches up the file is

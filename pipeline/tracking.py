@@ -6,10 +6,8 @@ spool (pipeline.spool): the training thread never waits on the network; a server
 which are replayed in order when it answers; what is still unsent when the stage ends stays in the spool, named in
 one line, for the next stage or `gan-tracking sync`.
 
-A relative `sqlite:///` store resolves against the main repository's root, also inside DVC's temporary experiment
-copies (`.dvc/tmp/exps/...`), so a queued experiment's run is never thrown away with its copy. The local store is
-created atomically, and a run left RUNNING by a killed process on this host is marked KILLED when the next stage
-starts.
+Where the store is, and keeping a local one healthy, is pipeline.store's. A run left RUNNING by a killed process on
+this host is marked KILLED when the next stage starts.
 """
 
 from __future__ import annotations
@@ -20,11 +18,9 @@ import io
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,20 +29,14 @@ from typing import Any
 import numpy as np
 
 from pipeline import spool as spooling
+from pipeline import store, sysmetrics
 from pipeline.config import TrackingConfig
+from pipeline.store import TrackingError
 
-
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used and tracking is required."""
-
-
-SPOOL_DIR = ".tracking-spool"  # under the main repository's root
 TAG_HOST, TAG_PID = "pipeline.host", "pipeline.pid"  # who is writing the run (to find runs left RUNNING by a kill)
-SQLITE = "sqlite:///"
 # MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview (the tag its
 # experiment page reads; other values: genai_development, finetuning, ...).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-SYSTEM_PREFIX = "system/"  # MLflow's system metrics (its run page's "System metrics" tab)
 STAGE_TAG = "stage.{stage}.{key}"  # the value a later run of `stage` used, where the run's param holds another
 
 
@@ -67,7 +57,7 @@ def source_tags() -> dict[str, str]:
     relative to the repository), `LOCAL`, and the git commit, branch and remote where git knows them. The run page
     shows them as "Source" and the commit."""
     main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    root = repo_root()
+    root = store.repo_root()
     name = str(main.relative_to(root)) if main and main.is_relative_to(root) else (main.name if main else "")
     branch = _git("rev-parse", "--abbrev-ref", "HEAD")
     tags = {"mlflow.source.name": name or "unknown", "mlflow.source.type": "LOCAL",
@@ -77,121 +67,12 @@ def source_tags() -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
-def repo_root(start: str | Path | None = None) -> Path:
-    """The main repository's root: above DVC's temporary experiment copies (`<root>/.dvc/tmp/exps/...`), else the
-    nearest ancestor holding `.dvc` or `.git`, else the working directory."""
-    here = Path(start or os.getcwd()).resolve()
-    parts = here.parts
-    for i in range(1, len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return next((d for d in (here, *here.parents) if (d / ".dvc").is_dir() or (d / ".git").exists()), here)
-
-
-def resolve_uri(uri: str) -> str:
-    """A relative `sqlite:///` store resolves against the main repository's root; other URIs are unchanged."""
-    path = uri[len(SQLITE):] if uri.startswith(SQLITE) else None
-    if path is None or path.startswith("/") or path == ":memory:":
-        return uri
-    return SQLITE + str(repo_root() / path)
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) and uri[len(SQLITE):].startswith("/") else None
-
-
-def spool_root() -> Path:
-    return repo_root() / SPOOL_DIR
-
-
-def _locked(e: BaseException) -> bool:
-    return "database is locked" in str(e)
-
-
-def retry_locked(fn: Callable[[], Any], seconds: float = 60.0) -> Any:
-    """Call `fn`, retrying SQLite's "database is locked" (concurrent experiments share one store) with bounded
-    backoff; any other error, or a lock held past `seconds`, is raised."""
-    deadline, pause = time.monotonic() + seconds, 0.05
-    while True:
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - only the lock is retried
-            if not _locked(e) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(2.0, pause * 2)
-
-
-def prepare_store(uri: str) -> None:
-    """Create a new local SQLite store atomically: initialised under a temporary name, then linked into place, so
-    a kill during MLflow's table set-up never leaves a half-initialised store behind."""
-    path = _sqlite_file(uri)
-    if path is None or path.exists():
-        return
-    from mlflow.tracking import MlflowClient
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.init-*"):  # left by a creation that was killed
-        pid = stale.name.split(".init-", 1)[1].split("-")[0]  # .mlflow.db.init-PID, or its -journal
-        if not pid.isdigit() or not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    MlflowClient(tracking_uri=SQLITE + str(tmp)).search_experiments(max_results=1)  # runs the migrations
-    _forget_engine(SQLITE + str(tmp))
-    with contextlib.suppress(FileExistsError):  # another process won the race: use its store
-        os.link(tmp, path)
-    tmp.unlink()
-
-
-def _forget_engine(uri: str) -> None:
-    """Close MLflow's cached SQLAlchemy engine for `uri` (it keeps the old file open across a move)."""
-    with contextlib.suppress(Exception):
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        SqlAlchemyStore._engine_map.pop(uri).dispose()
-
-
-def _repair_store(uri: str, error: BaseException) -> bool:
-    """After `error` on a local SQLite store: a store with no runs (one left half-initialised by a kill during its
-    creation) is moved aside and True returned, so it is created afresh; a damaged store with runs is named."""
-    path = _sqlite_file(uri)
-    if path is None or not path.exists():
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
-    except sqlite3.Error:
-        runs = 0
-    if runs:
-        raise TrackingError(f"the MLflow store {path} holds {runs} runs but cannot be opened ({type(error).__name__}: "
-                            f"{_first_line(error)}); it may be from another MLflow version or damaged. Back it up, "
-                            f"then run: mlflow db upgrade {uri}")
-    aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, aside)
-    _forget_engine(uri)
-    print(f"WARNING: the MLflow store {path} was left half-initialised (no runs in it; {_first_line(error)}); "
-          f"moved it to {aside.name} and created a new one", file=sys.stderr)
-    return True
-
-
 def _bound_http(cfg: TrackingConfig) -> None:
     """MLflow's HTTP client reads these on every request; its defaults retry for about 4 minutes."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, cfg.timeout_seconds)))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _now_ms() -> int:
@@ -204,7 +85,7 @@ class Tracker:
     `run_id` continues an existing run (a later stage, or a resumed train stage); otherwise a new run is created.
     Either way the run is named after the DVC experiment (`DVC_EXP_NAME`) when there is one. `stage` names the
     stage that logs (see `log_params`); `system_metrics` samples the machine while the run is open (the train
-    stage: `SystemMetrics`). TensorBoard gets one subdirectory per run under `tensorboard_dir`:
+    stage: `pipeline.sysmetrics`). TensorBoard gets one subdirectory per run under `tensorboard_dir`:
     `tensorboard_run` (a resumed train stage passes the one its checkpoint names), else the DVC experiment's name,
     else the MLflow run id, else a timestamp."""
 
@@ -213,7 +94,7 @@ class Tracker:
                  system_metrics: bool = False):
         self.cfg = cfg
         self.stage = stage
-        self.uri = resolve_uri(cfg.uri) if cfg is not None else None
+        self.uri = store.resolve_uri(cfg.uri) if cfg is not None else None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.spool: spooling.Spool | None = None
@@ -222,18 +103,18 @@ class Tracker:
         self._params: dict[str, str] = {}  # params the run already holds (MLflow refuses to change one)
         self._tags: dict[str, str] = {}  # tags the run already holds
         self._system_step = 0  # the next step of the system metrics (continued on a resumed run)
-        self._system: SystemMetrics | None = None
+        self._system: sysmetrics.SystemMetrics | None = None
         self._tb = None
         self.tensorboard_run: str | None = None
         if cfg is not None and cfg.enabled:
             self._connect(run_id)
-        if system_metrics and self.spool is not None and cfg.system_metrics and _system_metrics_wanted():
-            self._system = SystemMetrics(self._put, cfg.system_metrics_seconds, self._system_step)
+        if system_metrics and self.spool is not None and cfg.system_metrics and sysmetrics.wanted():
+            self._system = sysmetrics.SystemMetrics(self._put, cfg.system_metrics_seconds, self._system_step)
         if tensorboard_dir and (cfg is None or cfg.tensorboard):
             from torch.utils.tensorboard import SummaryWriter
 
             base = Path(tensorboard_dir)
-            base = base if base.is_absolute() else repo_root() / base  # as the store: not lost with a DVC temp copy
+            base = base if base.is_absolute() else store.repo_root() / base  # as the store: not lost with a DVC temp copy
             self.tensorboard_run = tensorboard_run or os.environ.get("DVC_EXP_NAME") or self.run_id or _new_dir(
                 base, time.strftime("%Y%m%d-%H%M%S"))
             self._tb = SummaryWriter(str(base / self.tensorboard_run))
@@ -247,23 +128,23 @@ class Tracker:
             return self._unavailable("mlflow is not installed (pip install mlflow)")
         for attempt in range(2):
             try:
-                prepare_store(self.uri)
+                store.prepare_store(self.uri)
                 client = MlflowClient(tracking_uri=self.uri)
-                run = retry_locked(lambda c=client: self._open_run(c, run_id))
+                run = store.retry_locked(lambda c=client: self._open_run(c, run_id))
                 break
             except TrackingError:
                 raise
             except Exception as e:  # noqa: BLE001 - any client failure means the server is unusable
-                if attempt == 0 and _repair_store(self.uri, e):
+                if attempt == 0 and store.repair_store(self.uri, e):
                     continue
-                return self._unavailable(f"cannot reach MLflow at {self.uri}: {type(e).__name__}: {_first_line(e)}")
+                return self._unavailable(f"cannot reach MLflow at {self.uri}: {type(e).__name__}: {store.first_line(e)}")
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         with contextlib.suppress(Exception):  # housekeeping: never a reason to fail the stage
             self._mark_killed_runs(client)
-            for d in spooling.spool_dirs(spool_root(), self.uri):
+            for d in spooling.spool_dirs(store.spool_root(), self.uri):
                 if d.name != self.run_id and (n := spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=u))):
                     print(f"replayed {n} tracking records that run {d.name} left in {d}", file=sys.stderr)
-        self.spool = spooling.Spool(spool_root(), self.run_id, self.uri, client)
+        self.spool = spooling.Spool(store.spool_root(), self.run_id, self.uri, client)
 
     def _open_run(self, client, run_id: str | None):
         from mlflow.exceptions import MlflowException
@@ -279,7 +160,7 @@ class Tracker:
                 print(f"WARNING: run {run_id} is not in {self.uri}; starting a new run", file=sys.stderr)
             else:
                 self._params, self._tags = dict(run.data.params), dict(run.data.tags)
-                steps = [m.step for m in getattr(run.data, "_metric_objs", []) if m.key.startswith(SYSTEM_PREFIX)]
+                steps = [m.step for m in getattr(run.data, "_metric_objs", []) if m.key.startswith(sysmetrics.SYSTEM_PREFIX)]
                 self._system_step = max(steps, default=-1) + 1
                 # A later stage re-run in another DVC experiment (train cached): the run takes that name.
                 rename = exp_name if exp_name and exp_name != run.info.run_name else None
@@ -301,7 +182,7 @@ class Tracker:
         """The experiment's id (created if needed), tagged as a model-training experiment (EXPERIMENT_KIND)."""
         exp = client.get_experiment(exp_id) if exp_id else client.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
-            local = _sqlite_file(self.uri)  # artifacts next to a local store, not in the working directory
+            local = store.sqlite_file(self.uri)  # artifacts next to a local store, not in the working directory
             return client.create_experiment(
                 self.cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None,
                 tags=EXPERIMENT_KIND)
@@ -316,7 +197,7 @@ class Tracker:
         for r in client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=500):
             pid = r.data.tags.get(TAG_PID, "")
             if (r.info.run_id != self.run_id and r.data.tags.get(TAG_HOST) == host and pid.isdigit()
-                    and not _alive(int(pid))):
+                    and not store.alive(int(pid))):
                 client.set_terminated(r.info.run_id, "KILLED")
                 print(f"marked run {r.info.run_id} KILLED: its process {pid} ended without closing it",
                       file=sys.stderr)
@@ -339,10 +220,10 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.uri)
-        keys = [k for k in retry_locked(lambda: client.get_run(self.run_id)).data.metrics
-                if not k.startswith(SYSTEM_PREFIX)]  # system metrics count their own steps
-        steps = [m.step for k in keys for m in retry_locked(lambda k=k: client.get_metric_history(self.run_id, k))]
-        steps += self.spool.pending_steps(skip_prefix=SYSTEM_PREFIX)
+        keys = [k for k in store.retry_locked(lambda: client.get_run(self.run_id)).data.metrics
+                if not k.startswith(sysmetrics.SYSTEM_PREFIX)]  # system metrics count their own steps
+        steps = [m.step for k in keys for m in store.retry_locked(lambda k=k: client.get_metric_history(self.run_id, k))]
+        steps += self.spool.pending_steps(skip_prefix=sysmetrics.SYSTEM_PREFIX)
         self._skip_through = max([start, *steps])
         return self._skip_through
 
@@ -488,73 +369,6 @@ def _new_dir(base: Path, name: str) -> str:
     return candidate
 
 
-def _system_metrics_wanted() -> bool:
-    """MLflow's own switch, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, turns them off when set to false."""
-    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() not in ("false", "0")
-
-
-class SystemMetrics:
-    """MLflow's system metrics (CPU and memory, disk, network; NVIDIA or AMD GPUs where their libraries are
-    installed), sampled by MLflow's own collectors on a daemon thread every `seconds` (MLflow's
-    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins), averaged, and logged as `system/<name>` at steps 0, 1, ...
-
-    MLflow's `SystemMetricsMonitor` would log them with a client of its own: with the server away it blocks at the
-    end of the run and gives up for good on its first failed call. Here the samples go into the run's spool like
-    every other record, so an outage only delays them, and nothing waits on the network: not the training thread,
-    not `stop`."""
-
-    def __init__(self, put: Callable[..., None], seconds: float, first_step: int = 0):
-        self._put, self._step = put, first_step
-        env = os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
-        self.seconds = float(env) if env else seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="system-metrics", daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _monitors() -> list:
-        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
-        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
-        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
-
-        monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
-        for module, name in (("gpu_monitor", "GPUMonitor"), ("rocm_monitor", "ROCMMonitor")):  # as MLflow picks
-            with contextlib.suppress(Exception):  # no GPU, or no nvidia-ml-py / pyrsmi
-                import importlib
-
-                monitors.append(getattr(importlib.import_module(f"mlflow.system_metrics.metrics.{module}"), name)())
-                break
-        return monitors
-
-    def _run(self) -> None:
-        try:
-            monitors = self._monitors()  # imports on this thread: the caller never waits for them
-            while True:
-                for m in monitors:
-                    m.collect_metrics()
-                stopping = self._stop.wait(self.seconds)
-                values = {k: v for m in monitors for k, v in m.aggregate_metrics().items()}
-                for m in monitors:
-                    m.clear_metrics()
-                now = _now_ms()
-                self._put("metrics", points=[[SYSTEM_PREFIX + k, float(v), now, self._step] for k, v in values.items()])
-                self._step += 1
-                if stopping:
-                    return
-        except Exception as e:  # noqa: BLE001 - a broken collector must never reach training
-            print(f"WARNING: system metrics stopped: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Take the last sample and stop (waits at most `timeout` s: sampling is local, never the network)."""
-        self._stop.set()
-        self._thread.join(timeout)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
 # Model registry.
 # Every call into MLflow's model registry lives here; the rule that decides promotion is pure and lives in
 # pipeline/registry.py. These functions take the tracking URI explicitly and raise TrackingError on failure:
@@ -567,7 +381,7 @@ PREVIOUS_TAG = "previous_champion"  # on each champion: the version it replaced,
 def _mlflow(uri: str):
     import mlflow
 
-    uri = resolve_uri(uri)
+    uri = store.resolve_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow
@@ -576,32 +390,21 @@ def _mlflow(uri: str):
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_uri(uri)
+    uri = store.resolve_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def existing_store(uri: str) -> str:
-    """`uri` resolved, refusing a local SQLite store that does not exist: commands that only read (`gan-registry
-    show`, `gan-generate`) must not leave an empty store behind, as opening one with MLflow would."""
-    uri = resolve_uri(uri)
-    path = _sqlite_file(uri)
-    if path is not None and not path.exists():
-        raise TrackingError(f"no MLflow store at {path}: nothing was tracked or registered there; run the pipeline "
-                            "first, or name the store with --tracking-uri or MLFLOW_TRACKING_URI")
-    return uri
 
 
 def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
     """`fn(client)` with a client of `uri` (None: no client; a local store must exist), SQLite's lock retried
     (opening the store reads it too); any other client failure becomes a TrackingError saying what failed."""
     if uri:
-        existing_store(uri)
+        store.existing_store(uri)
     try:
-        return retry_locked(lambda: fn(_client(uri) if uri else None))
+        return store.retry_locked(lambda: fn(_client(uri) if uri else None))
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - any client failure: say what was being done
-        raise TrackingError(f"{what} failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise TrackingError(f"{what} failed: {type(e).__name__}: {store.first_line(e)}") from e
 
 
 @contextlib.contextmanager
@@ -609,8 +412,8 @@ def champion_lock(uri: str, name: str) -> Iterator[None]:
     """Serialise read-champion / decide / move-alias among the experiments of this machine (`dvc queue start -j N`
     finishing together), so the alias ends on the best version whatever order they finish in. The lock file lives
     next to a local store, else in a machine-wide directory (machines sharing a server are not serialised)."""
-    uri = resolve_uri(uri)
-    local = _sqlite_file(uri)
+    uri = store.resolve_uri(uri)
+    local = store.sqlite_file(uri)
     base = local.parent if local else Path(tempfile.gettempdir()) / "gan-pipeline-locks"
     base.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:12]
@@ -716,7 +519,7 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
     import mlflow
 
     if model_uri.startswith(("models:/", "runs:/")):
-        _mlflow(existing_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri))
+        _mlflow(store.existing_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri))
     elif tracking_uri:
         _mlflow(tracking_uri)
     return _registry_call(f"loading {model_uri} from {mlflow.get_tracking_uri()}", None,
@@ -730,14 +533,14 @@ def sync(spool: Path | None = None, uri: str | None = None) -> list[str]:
     """Replay every run spool under `spool` (default: the main repository's); one line per run."""
     from mlflow.tracking import MlflowClient
 
-    root = Path(spool) if spool else spool_root()
+    root = Path(spool) if spool else store.spool_root()
     lines = []
     for d in spooling.spool_dirs(root):
         try:
-            n = spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=resolve_uri(u)), uri)
+            n = spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=store.resolve_uri(u)), uri)
         except Exception as e:  # noqa: BLE001 - the server is still away: say so, keep the spool
             raise TrackingError(f"run {d.name}: MLflow did not take its records ({type(e).__name__}: "
-                                f"{_first_line(e)}); they stay in {d}, run gan-tracking sync again later") from None
+                                f"{store.first_line(e)}); they stay in {d}, run gan-tracking sync again later") from None
         lines.append(f"run {d.name}: a running stage holds this spool; it sends the records itself" if n is None
                      else f"run {d.name}: uploaded {n} records")
     return lines or [f"nothing to upload: no spool under {root}"]
@@ -749,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="gan-tracking", description="Tracking chores.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sync", help="upload the tracking records that stages kept while MLflow was away")
-    s.add_argument("--spool", type=Path, default=None, help=f"spool directory (default: <repo>/{SPOOL_DIR})")
+    s.add_argument("--spool", type=Path, default=None, help=f"spool directory (default: <repo>/{store.SPOOL_DIR})")
     s.add_argument("--uri", default=None, help="send to this tracking URI instead of the one each spool records")
     args = p.parse_args(argv)
     for line in sync(args.spool, args.uri):

@@ -168,7 +168,7 @@ def non_yaml(rng: random.Random) -> Mutation:
         "{{{ not yaml }}}\n",
         BASE.replace("uri: sqlite:///mlflow.db", 'uri: "sqlite:///mlflow.db'),
         "%YAML 2.0\n---\n" + BASE,
-        BASE.replace("model_name: dcgan-digits", "model_name: @dcgan"),
+        BASE.replace("model_name: auto", "model_name: @auto"),
         "[" * 3000 + "]" * 3000,
         BASE.replace("dataset: digits", "dataset: dig\x00its"),
         BASE + "---\n" + BASE,

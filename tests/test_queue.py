@@ -55,9 +55,9 @@ def test_three_queued_experiments_two_at_a_time(tmp_path):
 
 
 def yaml_model_name(root) -> str:
-    import yaml
+    from pipeline.config import load_params
 
-    return yaml.safe_load((root / "params.yaml").read_text())["export"]["model_name"]
+    return load_params(root / "params.yaml").export.model_name  # `auto` resolved, as the export stage does
 
 
 def test_export_is_never_restored_from_the_run_cache():

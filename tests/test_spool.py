@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, free_port, start_mlflow_server
 
 from pipeline import spool as spooling
-from pipeline import tracking
+from pipeline import store, tracking
 from pipeline.config import TrackingConfig
 
 
@@ -146,10 +146,10 @@ def test_relative_sqlite_resolves_against_the_main_repository(tmp_path, monkeypa
     exp_copy = root / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub"
     exp_copy.mkdir(parents=True)
     monkeypatch.chdir(exp_copy)
-    assert tracking.repo_root() == root
-    assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{root}/mlflow.db"
-    assert tracking.resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
-    assert tracking.resolve_uri("http://host:5000") == "http://host:5000"
+    assert store.repo_root() == root
+    assert store.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{root}/mlflow.db"
+    assert store.resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert store.resolve_uri("http://host:5000") == "http://host:5000"
 
 
 def test_a_half_initialised_store_is_rebuilt_not_reported_unreachable(tmp_path, monkeypatch):
@@ -278,7 +278,7 @@ def test_sqlite_database_is_locked_is_retried_not_raised(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracking.prepare_store(uri)
+    store.prepare_store(uri)
     holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
     release = threading.Timer(6.5, holder.rollback)
@@ -295,6 +295,6 @@ def test_sqlite_database_is_locked_is_retried_not_raised(tmp_path, monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
+    assert store.retry_locked(flaky) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
-        tracking.retry_locked(lambda: (_ for _ in ()).throw(ValueError("other")))
+        store.retry_locked(lambda: (_ for _ in ()).throw(ValueError("other")))
