@@ -119,6 +119,8 @@ class TrainConfig:
     checkpoint_every_steps: int = spec(300, ge=1, le=MAX_STEPS)
     keep_checkpoints: int = spec(2, ge=1, le=1000)
     fid_every_steps: int = spec(0, ge=0, le=MAX_STEPS, doc="0 = off; FID on eval.train_fid_samples during training")
+    init_from: str | None = spec(None, doc="fine-tune: start G (and D where saved) from models:/NAME@ALIAS, "
+                                            "models:/NAME/VERSION or a generator .safetensors; null = random init")
 
 
 @dataclass(frozen=True)

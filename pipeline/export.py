@@ -219,7 +219,7 @@ def register(params: Params, paths: ExportPaths, files: dict[str, Path], config:
         artifacts = {"generator": str(files["pt2"]), "config": str(files["config"])}
         model_uri = tracking.log_pyfunc_model(tracker, pyfunc_model.__file__, artifacts, net.z_dim,
                                               (net.image_size, net.image_size, net.channels), pip_requirements())
-        for name in ("safetensors", "onnx"):
+        for name in ("safetensors", "config", "onnx"):  # safetensors + config: what train.init_from fetches
             if name in files:
                 tracker.log_artifact(files[name], "export")
         uri, model_name = params.tracking.uri, params.export.model_name

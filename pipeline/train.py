@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import augment, checkpoint, cores, losses
+from pipeline import augment, checkpoint, cores, losses, warmstart
 from pipeline.cli import Interrupted, use_cpu_cores
 from pipeline.config import Params, ParamsError
 from pipeline.data import BatchSampler, DataError, load_split, read_meta
@@ -78,10 +78,12 @@ SCHEDULE_ONLY = ("steps", "log_every_steps", "sample_every_steps", "checkpoint_e
                  "fid_every_steps", "cuda_graphs")
 
 
-def fingerprint(params: Params, data_hash: str) -> str:
-    """What a checkpoint must match to be resumed: data, model and the train params that shape the trajectory."""
+def fingerprint(params: Params, data_hash: str, init_sha256: str | None = None) -> str:
+    """What a checkpoint must match to be resumed: data, model, the train params that shape the trajectory, and the
+    weights train.init_from started from (an alias that moved is another experiment)."""
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
-    blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train}, sort_keys=True)
+    blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train,
+                       **({"init": init_sha256} if init_sha256 else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -159,7 +161,7 @@ class GANStep:
     GRAPH_WARMUP_STEPS = 2  # eager steps (on a side stream) per graph before it is captured
 
     def __init__(self, params: Params, acc, images: torch.Tensor, channels: int, labels: torch.Tensor | None = None,
-                 classes: int = 0):
+                 classes: int = 0, warm: warmstart.WarmStart | None = None):
         from accelerate.utils import AutocastKwargs
 
         tc = self.tc = params.train
@@ -171,6 +173,9 @@ class GANStep:
             self._check_graphable(tc, acc.num_processes)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         G, D = build(cfg)
+        if warm is not None:  # fine-tuning: the EMA below starts from these weights too
+            warmstart.check_fits(tc.init_from, warm, cfg)
+            warmstart.load_into(warm, G, D)
         self.fmt = torch.channels_last if tc.channels_last else torch.contiguous_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once (as the DCGAN example)
@@ -430,13 +435,14 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
                         f"{params.data.image_size}; run the prepare stage again (dvc repro prepare)")
     split = load_split(paths.prepared, "train")
     classes = num_classes(params, meta)
+    warm = warmstart.resolve(tc.init_from, params.tracking.uri) if tc.init_from else None
     gan = GANStep(params, acc, torch.from_numpy(np.array(split.images)), channels=meta["shape"][0],
-                  labels=torch.from_numpy(split.labels), classes=classes)
+                  labels=torch.from_numpy(split.labels), classes=classes, warm=warm)
     cfg, ema = gan.cfg, gan.ema
 
     # Resume, when a checkpoint of the same data/model/train params exists: checkpoints/<fingerprint>/latest.
     # Other fingerprints' checkpoints stay (switching experiments and back resumes), up to a bound.
-    fp = fingerprint(params, meta["hash"])
+    fp = fingerprint(params, meta["hash"], warm.sha256 if warm else None)
     best_name = checkpoint.GENERATOR_FILES["best"]  # in models/, and its copy in each checkpoint
     best_path = paths.models / best_name
     start, history, best_fid = 0, [], math.inf
@@ -470,6 +476,8 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         tracker.log_prepared_data(meta)
         tracker.set_tags({"data.hash": meta["hash"], "model.d_norm.resolved": cfg.d_norm,
                           "model.num_classes": cfg.num_classes, "world_size": world, "resumed_from_step": start})
+        if warm is not None:
+            tracker.set_tags({"train.init_from.source": warm.source, "train.init_from.sha256": warm.sha256})
         tracker.write_run_file(paths.run_file)
 
     grid_z = grid_inputs(cfg, tc.seed)
@@ -528,7 +536,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     wall = time.perf_counter() - t_start
     result = {}
     if main:
-        result = _write_outputs(params, paths, cfg, meta, gan.G_plain, ema.module, history, wall, start, world,
+        result = _write_outputs(params, paths, cfg, meta, gan, history, wall, start, world,
                                 tracker)
     acc.wait_for_everyone()
     return result
@@ -562,12 +570,15 @@ def _progress_line(row: dict, progress: Progress) -> str:
     return progress.line(row["step"], **{k.split("/")[-1]: row[k] for k in keys if k in row})
 
 
-def _write_outputs(params, paths, cfg, meta, G, G_ema, history, wall, start, world, tracker) -> dict:
+def _write_outputs(params, paths, cfg, meta, gan, history, wall, start, world, tracker) -> dict:
     paths.models.mkdir(parents=True, exist_ok=True)
+    G, G_ema = gan.G_plain, gan.ema.module
     extra = {"data_hash": meta["hash"], "classes": meta["classes"], "params": params.to_dict()}
     files = checkpoint.GENERATOR_FILES
     checkpoint.save_generator(G, paths.models / files["last"], paths.models / checkpoint.GENERATOR_CONFIG, cfg, extra)
     checkpoint.save_generator(G_ema, paths.models / files["ema"], None, cfg)
+    # D too, so that train.init_from pointed at this generator fine-tunes both networks.
+    checkpoint.save_generator(gan.D_plain, paths.models / warmstart.DISCRIMINATOR_FILE, None, cfg)
     grid = sample_grid(G_ema, *grid_inputs(cfg, params.train.seed))
     paths.plots.mkdir(parents=True, exist_ok=True)
     from PIL import Image
