@@ -378,13 +378,30 @@ CHAMPION = "champion"
 PREVIOUS_TAG = "previous_champion"  # on each champion: the version it replaced, so rollback can walk back
 
 
-def _mlflow(uri: str):
+@contextlib.contextmanager
+def _fluent(uri: str) -> Iterator[Any]:
+    """MLflow's fluent API (start_run, register_model, pyfunc.load_model) bound to `uri` for the block. The
+    process-wide URIs (and their environment variables) are put back afterwards: the pipeline leaves no global
+    behind for the code that runs next in the process (a notebook, the next test)."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    before = tracking_utils._tracking_uri, registry_utils._registry_uri
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     uri = store.resolve_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return mlflow
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _client(uri: str):
@@ -433,7 +450,6 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
     """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI."""
     if not tracker.active:
         raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off)")
-    mlflow = _mlflow(tracker.uri)
     from mlflow.models.signature import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -449,7 +465,7 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
     example = np.zeros((2, z_dim), np.float32)  # batch >= 2, see STACK-NOTES; the pt2 batch is dynamic anyway
 
     def log(_):
-        with mlflow.start_run(run_id=tracker.run_id):
+        with _fluent(tracker.uri) as mlflow, mlflow.start_run(run_id=tracker.run_id):
             return mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,
                                            signature=signature, input_example=example,
                                            pip_requirements=pip_requirements)
@@ -459,10 +475,11 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
 
 def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) -> str:
     """Register `model_uri` as a new version of `name` (created if needed); return the version number."""
-    mlflow = _mlflow(uri)
-    mv = _registry_call(f"registering {model_uri} as {name}", None,
-                        lambda _: mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}))
-    return str(mv.version)
+    def register(_):
+        with _fluent(uri) as mlflow:
+            return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+
+    return str(_registry_call(f"registering {model_uri} as {name}", None, register).version)
 
 
 def model_version(uri: str, name: str, version: str | None = None) -> dict | None:
@@ -519,11 +536,15 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
     import mlflow
 
     if model_uri.startswith(("models:/", "runs:/")):
-        _mlflow(store.existing_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri))
-    elif tracking_uri:
-        _mlflow(tracking_uri)
-    return _registry_call(f"loading {model_uri} from {mlflow.get_tracking_uri()}", None,
-                          lambda _: mlflow.pyfunc.load_model(model_uri))
+        uri = store.existing_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri)
+    else:
+        uri = tracking_uri or mlflow.get_tracking_uri()
+
+    def load(_):
+        with _fluent(uri) as fluent:
+            return fluent.pyfunc.load_model(model_uri)
+
+    return _registry_call(f"loading {model_uri} from {uri}", None, load)
 
 
 # `gan-tracking sync`: upload spools left by stages that ended while the server was away.

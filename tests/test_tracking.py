@@ -178,3 +178,21 @@ def test_a_resumed_run_continues_its_mlflow_run_and_logs_each_step_once(prepared
     assert run.info.status == "FINISHED" and run.data.params["train.steps"] == "8"
     assert run.data.tags["stage.train.train.steps"] == "12"  # a param cannot change
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_registry_calls_leave_no_process_wide_mlflow_uri_behind(tmp_path, monkeypatch):
+    """MLflow's fluent API needs process-wide URIs; the pipeline puts them back, or a later MlflowClient (a notebook,
+    the next test) would silently read another store's registry."""
+    import mlflow
+
+    from pipeline import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    uri = f"sqlite:///{tmp_path}/other.db"
+    with pytest.raises(TrackingError):
+        tracking.register_version(uri, "m", "runs:/0123/generator", {})  # fails after binding the URIs
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
