@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import checkpoint, pyfunc_model, registry, tracking
+from pipeline import checkpoint, model_registry, pyfunc_model, registry, tracking
 from pipeline.config import Params
 from pipeline.nets import NetConfig
 
@@ -217,15 +217,15 @@ def register(params: Params, paths: ExportPaths, files: dict[str, Path], config:
         tracker.log_dict(used, "config/export.json")
         net = NetConfig.from_dict(config["net"])
         artifacts = {"generator": str(files["pt2"]), "config": str(files["config"])}
-        model_uri = tracking.log_pyfunc_model(tracker, pyfunc_model.__file__, artifacts, net.z_dim,
+        model_uri = model_registry.log_pyfunc_model(tracker, pyfunc_model.__file__, artifacts, net.z_dim,
                                               (net.image_size, net.image_size, net.channels), pip_requirements())
         for name in ("safetensors", "config", "onnx"):  # safetensors + config: what train.init_from fetches
             if name in files:
                 tracker.log_artifact(files[name], "export")
         uri, model_name = params.tracking.uri, params.export.model_name
-        version = tracking.register_version(uri, model_name, model_uri, version_tags(tracker.run_id, config, summary))
+        version = model_registry.register_version(uri, model_name, model_uri, version_tags(tracker.run_id, config, summary))
         decision = registry.apply_rule(uri, model_name, version, params.export.promote_metric)
-        champion = tracking.model_version(uri, model_name)
+        champion = model_registry.model_version(uri, model_name)
         record = {"registered": True, "model_name": model_name, "version": version, "model_uri": model_uri,
                   "run_id": tracker.run_id, "promoted": decision.promote, "reason": decision.reason,
                   "champion_version": champion["version"] if champion else None}

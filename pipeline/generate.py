@@ -49,9 +49,9 @@ class Sampler:
         self.source = source
         self.num_classes: int | None = 0
         if source.startswith(("models:/", "runs:/")) or (Path(source) / "MLmodel").exists():
-            from pipeline import tracking
+            from pipeline import model_registry
 
-            model = tracking.load_pyfunc(source, tracking_uri)
+            model = model_registry.load_pyfunc(source, tracking_uri)
             self.z_dim = int(model.metadata.get_input_schema().inputs[0].shape[-1])
             self.num_classes = int(getattr(model.unwrap_python_model(), "num_classes", 0))  # 0: logged before labels
             self._fn = lambda z, y: model.predict(z, params=None if y is None else {"labels": y.tolist()})

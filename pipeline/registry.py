@@ -10,7 +10,7 @@ import argparse
 import math
 from dataclasses import dataclass
 
-from pipeline import cli, tracking
+from pipeline import cli, model_registry
 
 # Version tags written by the export stage and read by the rule below.
 TAG_RUN = "run_id"
@@ -52,7 +52,7 @@ def _metric(tags: dict, key: str) -> float | None:
 
 
 def decide(new: dict, champion: dict | None, metric: str = "fid") -> Decision:
-    """Pure rule. `new` and `champion` are {"version", "tags"} dicts as `tracking.model_version` returns them."""
+    """Pure rule. `new` and `champion` are {"version", "tags"} dicts as `model_registry.model_version` returns them."""
     key, lower_is_better = METRICS[metric]
     v_new = new["version"]
     if champion is None:
@@ -85,51 +85,51 @@ def decide(new: dict, champion: dict | None, metric: str = "fid") -> Decision:
 def apply_rule(uri: str, name: str, version: str, metric: str = "fid") -> Decision:
     """Decide for a newly registered version, move the alias if it wins, and tag the version with the reason.
     Read, decide and move happen under one lock, so concurrent exports cannot both beat the same champion."""
-    with tracking.champion_lock(uri, name):
-        new = tracking.model_version(uri, name, version)
+    with model_registry.champion_lock(uri, name):
+        new = model_registry.model_version(uri, name, version)
         if new is None:
             raise RegistryError(f"{name} has no version {version}")
-        champion = tracking.model_version(uri, name)
+        champion = model_registry.model_version(uri, name)
         decision = decide(new, champion, metric)
         if decision.promote:
-            tracking.move_champion(uri, name, version, previous=champion["version"] if champion else None)
+            model_registry.move_champion(uri, name, version, previous=champion["version"] if champion else None)
     verdict = "champion" if decision.promote else "not promoted"
-    tracking.set_version_tags(uri, name, version, {TAG_DECISION: f"{verdict}: {decision.reason}"})
+    model_registry.set_version_tags(uri, name, version, {TAG_DECISION: f"{verdict}: {decision.reason}"})
     return decision
 
 
 def promote(uri: str, name: str, version: str) -> str:
     """Move the champion alias to `version` by hand, whatever the metrics say."""
-    with tracking.champion_lock(uri, name):
-        if tracking.model_version(uri, name, version) is None:
+    with model_registry.champion_lock(uri, name):
+        if model_registry.model_version(uri, name, version) is None:
             raise RegistryError(f"{name} has no version {version}")
-        champion = tracking.model_version(uri, name)
+        champion = model_registry.model_version(uri, name)
         if champion is not None and champion["version"] == str(version):
             return f"v{version} is already the champion of {name}"
-        tracking.move_champion(uri, name, version, previous=champion["version"] if champion else None)
-        tracking.set_version_tags(uri, name, version, {TAG_DECISION: "champion: promoted by hand"})
+        model_registry.move_champion(uri, name, version, previous=champion["version"] if champion else None)
+        model_registry.set_version_tags(uri, name, version, {TAG_DECISION: "champion: promoted by hand"})
         was = f" (was v{champion['version']})" if champion else ""
         return f"champion of {name} is now v{version}{was}"
 
 
 def rollback(uri: str, name: str) -> str:
     """Move the champion alias back to the version it replaced."""
-    with tracking.champion_lock(uri, name):
-        champion = tracking.model_version(uri, name)
+    with model_registry.champion_lock(uri, name):
+        champion = model_registry.model_version(uri, name)
         if champion is None:
             raise RegistryError(f"{name} has no champion to roll back")
-        previous = champion["tags"].get(tracking.PREVIOUS_TAG)
-        if previous is None or tracking.model_version(uri, name, previous) is None:
+        previous = champion["tags"].get(model_registry.PREVIOUS_TAG)
+        if previous is None or model_registry.model_version(uri, name, previous) is None:
             raise RegistryError(f"champion v{champion['version']} of {name} records no earlier champion to roll back to")
-        tracking.move_champion(uri, name, previous, previous=None)
-        tracking.set_version_tags(uri, name, champion["version"], {TAG_DECISION: f"rolled back to v{previous}"})
+        model_registry.move_champion(uri, name, previous, previous=None)
+        model_registry.set_version_tags(uri, name, champion["version"], {TAG_DECISION: f"rolled back to v{previous}"})
         return f"champion of {name} rolled back from v{champion['version']} to v{previous}"
 
 
 def show(uri: str, name: str, metric: str = "fid") -> str:
     key = METRICS[metric][0]
     rows = [f"{'version':>7}  {'alias':9} {metric:>10}  {'extractor':24} {'samples':>7}  {'classes':>7}  decision"]
-    for v in tracking.list_versions(uri, name):
+    for v in model_registry.list_versions(uri, name):
         score = _metric(v["tags"], key)
         rows.append(f"{v['version']:>7}  {','.join(v['aliases']):9} {'-' if score is None else f'{score:.4g}':>10}  "
                     f"{v['tags'].get(TAG_EXTRACTOR, '-'):24} {v['tags'].get(TAG_SAMPLES, '-'):>7}  "

@@ -13,16 +13,13 @@ this host is marked KILLED when the next stage starts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -367,184 +364,6 @@ def _new_dir(base: Path, name: str) -> str:
         n += 1
         candidate = f"{name}-{n}"
     return candidate
-
-
-# Model registry.
-# Every call into MLflow's model registry lives here; the rule that decides promotion is pure and lives in
-# pipeline/registry.py. These functions take the tracking URI explicitly and raise TrackingError on failure:
-# the export stage exists to register, so a failure there must stop it rather than be logged and skipped.
-
-CHAMPION = "champion"
-PREVIOUS_TAG = "previous_champion"  # on each champion: the version it replaced, so rollback can walk back
-
-
-@contextlib.contextmanager
-def _fluent(uri: str) -> Iterator[Any]:
-    """MLflow's fluent API (start_run, register_model, pyfunc.load_model) bound to `uri` for the block. The
-    process-wide URIs (and their environment variables) are put back afterwards: the pipeline leaves no global
-    behind for the code that runs next in the process (a notebook, the next test)."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    before = tracking_utils._tracking_uri, registry_utils._registry_uri
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    uri = store.resolve_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield mlflow
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    uri = store.resolve_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
-    """`fn(client)` with a client of `uri` (None: no client; a local store must exist), SQLite's lock retried
-    (opening the store reads it too); any other client failure becomes a TrackingError saying what failed."""
-    if uri:
-        store.existing_store(uri)
-    try:
-        return store.retry_locked(lambda: fn(_client(uri) if uri else None))
-    except TrackingError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any client failure: say what was being done
-        raise TrackingError(f"{what} failed: {type(e).__name__}: {store.first_line(e)}") from e
-
-
-@contextlib.contextmanager
-def champion_lock(uri: str, name: str) -> Iterator[None]:
-    """Serialise read-champion / decide / move-alias among the experiments of this machine (`dvc queue start -j N`
-    finishing together), so the alias ends on the best version whatever order they finish in. The lock file lives
-    next to a local store, else in a machine-wide directory (machines sharing a server are not serialised)."""
-    uri = store.resolve_uri(uri)
-    local = store.sqlite_file(uri)
-    base = local.parent if local else Path(tempfile.gettempdir()) / "gan-pipeline-locks"
-    base.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:12]
-    fd = spooling.file_lock(base / f".registry-{key}.lock", blocking=True)
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def _version_dict(mv, aliases: list[str]) -> dict:
-    return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags), "aliases": aliases}
-
-
-def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[str, str], z_dim: int,
-                     image_hwc: tuple[int, int, int], pip_requirements: list[str], name: str = "generator") -> str:
-    """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI."""
-    if not tracker.active:
-        raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off)")
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types import DataType
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
-
-    # Unnamed tensor specs: the pyfunc receives a plain ndarray, and REST accepts {"inputs": [[...], ...]}.
-    # Inference params reach predict only when declared (MLflow drops undeclared ones with a warning), so they are
-    # declared for unconditional models too: there, the pyfunc refuses `labels` instead of silently ignoring them.
-    # REST: {"inputs": [...], "params": {"labels": [3, 3, 7], "seed": 0}}.
-    params = ParamSchema([ParamSpec("labels", DataType.long, [], shape=(-1,)),  # [] = draw labels uniformly
-                          ParamSpec("seed", DataType.long, None)])  # for those draws; None = fresh entropy
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, z_dim))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_hwc))]), params=params)
-    example = np.zeros((2, z_dim), np.float32)  # batch >= 2, see STACK-NOTES; the pt2 batch is dynamic anyway
-
-    def log(_):
-        with _fluent(tracker.uri) as mlflow, mlflow.start_run(run_id=tracker.run_id):
-            return mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,
-                                           signature=signature, input_example=example,
-                                           pip_requirements=pip_requirements)
-
-    return _registry_call("logging the pyfunc model", None, log).model_uri
-
-
-def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) -> str:
-    """Register `model_uri` as a new version of `name` (created if needed); return the version number."""
-    def register(_):
-        with _fluent(uri) as mlflow:
-            return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
-
-    return str(_registry_call(f"registering {model_uri} as {name}", None, register).version)
-
-
-def model_version(uri: str, name: str, version: str | None = None) -> dict | None:
-    """{version, run_id, tags, aliases} of one version, or of the champion when `version` is None; None if absent."""
-    from mlflow.exceptions import MlflowException
-
-    def read(client):
-        try:
-            return (client.get_model_version_by_alias(name, CHAMPION) if version is None
-                    else client.get_model_version(name, str(version)))
-        except MlflowException as e:
-            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-
-    mv = _registry_call(f"reading {name} from the registry at {uri}", uri, read)
-    return None if mv is None else _version_dict(mv, list(mv.aliases))
-
-
-def list_versions(uri: str, name: str) -> list[dict]:
-    """Every version of `name`, oldest first, as `model_version` dicts."""
-    def read(client):
-        found = client.search_model_versions(f"name = '{name}'")
-        # Search results leave `aliases` empty; the registered model holds the alias -> version map.
-        return found, (client.get_registered_model(name).aliases if found else {})
-
-    found, aliases = _registry_call(f"listing {name} at {uri}", uri, read)
-    return sorted((_version_dict(mv, sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
-                   for mv in found), key=lambda v: int(v["version"]))
-
-
-def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
-    def tag(client):
-        for k, v in tags.items():
-            client.set_model_version_tag(name, str(version), k, str(v))
-
-    _registry_call(f"tagging {name} v{version}", uri, tag)
-
-
-def move_champion(uri: str, name: str, version: str, previous: str | None) -> None:
-    """Point the champion alias at `version`, remembering the version it replaces (for rollback)."""
-    def move(client):
-        if previous is not None and previous != str(version):
-            client.set_model_version_tag(name, str(version), PREVIOUS_TAG, previous)
-        client.set_registered_model_alias(name, CHAMPION, str(version))
-
-    _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}", uri, move)
-
-
-def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
-    """An MLflow pyfunc model (models:/NAME@champion, runs:/ID/generator, or a local model directory). For a
-    models:/ or runs:/ URI the store is `tracking_uri`, else MLFLOW_TRACKING_URI, else the pipeline's default
-    (`mlflow.db` at the repository's root); a local store must exist."""
-    import mlflow
-
-    if model_uri.startswith(("models:/", "runs:/")):
-        uri = store.existing_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri)
-    else:
-        uri = tracking_uri or mlflow.get_tracking_uri()
-
-    def load(_):
-        with _fluent(uri) as fluent:
-            return fluent.pyfunc.load_model(model_uri)
-
-    return _registry_call(f"loading {model_uri} from {uri}", None, load)
 
 
 # `gan-tracking sync`: upload spools left by stages that ended while the server was away.

@@ -26,7 +26,7 @@ from export_helpers import (
     write_eval,
 )
 
-from pipeline import export, generate, pyfunc_model, registry, tracking
+from pipeline import export, generate, model_registry, pyfunc_model, registry
 from pipeline.checkpoint import load_generator
 from pipeline.nets import to_uint8
 
@@ -132,7 +132,7 @@ def test_label_checks_name_the_problem():
 
 
 def test_pyfunc_takes_labels_and_seed_params(cond):
-    model = tracking.load_pyfunc(cond.record["model_uri"], cond.uri)
+    model = model_registry.load_pyfunc(cond.record["model_uri"], cond.uri)
     assert [p.name for p in model.metadata.get_params_schema().params] == ["labels", "seed"]
     z, y = _z(5).numpy(), [2, 0, 1, 1, 2]
     got = model.predict(z, params={"labels": y})
@@ -235,7 +235,7 @@ def test_unconditional_source_refuses_labels(tmp_path):
 
 # Registry.
 def test_version_is_tagged_conditional_with_its_classes(cond, capsys):
-    tags = tracking.model_version(cond.uri, cond.name)["tags"]
+    tags = model_registry.model_version(cond.uri, cond.name)["tags"]
     assert tags[registry.TAG_CONDITIONAL] == "true" and tags[registry.TAG_NUM_CLASSES] == str(K)
     assert json.loads(tags[registry.TAG_CLASSES]) == CLASSES
     registry.main(["--name", cond.name, "--tracking-uri", cond.uri, "show"])

@@ -26,7 +26,7 @@ from export_helpers import (
     write_eval,
 )
 
-from pipeline import export, generate, registry, tracking
+from pipeline import export, generate, model_registry, registry
 from pipeline.nets import to_uint8
 
 NAME = "tiny-gan"
@@ -98,7 +98,7 @@ def _expected(g, z: np.ndarray) -> np.ndarray:
 def test_first_export_is_registered_tagged_and_champion(env):
     assert env.record["registered"] and env.record["promoted"] and env.record["champion_version"] == "1"
     assert "first model" in env.record["reason"]
-    champion = tracking.model_version(env.uri, NAME)
+    champion = model_registry.model_version(env.uri, NAME)
     tags = champion["tags"]
     assert champion["version"] == env.record["version"] and champion["aliases"] == ["champion"]
     assert tags[registry.TAG_RUN] == json.loads((env.root / "export1-run.json").read_text())["run_id"]
@@ -111,7 +111,7 @@ def test_first_export_is_registered_tagged_and_champion(env):
 
 
 def test_unconditional_pyfunc_refuses_labels(env):
-    model = tracking.load_pyfunc(f"models:/{NAME}@champion", env.uri)
+    model = model_registry.load_pyfunc(f"models:/{NAME}@champion", env.uri)
     assert [p.name for p in model.metadata.get_params_schema().params] == ["labels", "seed"]
     z = generate.latents(2, NET.z_dim, seed=1).numpy()
     assert np.array_equal(model.predict(z, params={"seed": 4}), _expected(env.g, z))  # seed: only for label draws
@@ -127,7 +127,7 @@ def test_worse_export_stays_registered_without_the_alias(env, capsys):
     export.run_export(env.params, paths)  # in-process: the stage's command line is covered by the fixture's run
     record, out = json.loads((paths.out / "registry.json").read_text()), capsys.readouterr().out
     assert record["registered"] and not record["promoted"] and record["champion_version"] == env.record["version"]
-    version = tracking.model_version(env.uri, NAME, record["version"])
+    version = model_registry.model_version(env.uri, NAME, record["version"])
     assert version["aliases"] == [] and version["tags"][registry.TAG_DECISION].startswith("not promoted: ")
     assert "NOT promoted" in out and "does not beat" in out
 
@@ -137,22 +137,22 @@ def test_champion_moves_only_on_comparable_better_fid(env):
     order = [(_tags(50.0), "1"), (_tags(40.0), "2"), (_tags(45.0), "2"), (_tags(1.0, extractor="inception-v3-compat"), "2"),
              (_tags(1.0, samples=5000), "2")]
     for tags, champion_after in order:
-        version = tracking.register_version(env.uri, name, env.record["model_uri"], tags)
+        version = model_registry.register_version(env.uri, name, env.record["model_uri"], tags)
         decision = registry.apply_rule(env.uri, name, version)
-        assert tracking.model_version(env.uri, name)["version"] == champion_after, decision.reason
-    assert "feature extractor" in tracking.model_version(env.uri, name, "4")["tags"][registry.TAG_DECISION]
-    assert "sample count" in tracking.model_version(env.uri, name, "5")["tags"][registry.TAG_DECISION]
+        assert model_registry.model_version(env.uri, name)["version"] == champion_after, decision.reason
+    assert "feature extractor" in model_registry.model_version(env.uri, name, "4")["tags"][registry.TAG_DECISION]
+    assert "sample count" in model_registry.model_version(env.uri, name, "5")["tags"][registry.TAG_DECISION]
 
 
 def test_promote_and_rollback_by_hand(env, capsys):
     name = "cli-test"
     for fid in (50.0, 40.0, 45.0):  # v2 wins, v3 loses
-        registry.apply_rule(env.uri, name, tracking.register_version(env.uri, name, env.record["model_uri"], _tags(fid)))
+        registry.apply_rule(env.uri, name, model_registry.register_version(env.uri, name, env.record["model_uri"], _tags(fid)))
     base = ["--name", name, "--tracking-uri", env.uri]
     steps = [(["promote", "3"], "3"), (["rollback"], "2"), (["rollback"], "1")]
     for argv, champion in steps:
         registry.main(base + argv)
-        assert tracking.model_version(env.uri, name)["version"] == champion
+        assert model_registry.model_version(env.uri, name)["version"] == champion
     with pytest.raises(registry.RegistryError, match="no earlier champion"):
         registry.main(base + ["rollback"])
     with pytest.raises(registry.RegistryError, match="no version 9"):

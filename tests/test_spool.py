@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import REPO, free_port, start_mlflow_server
 
+from pipeline import model_registry, store, tracking
 from pipeline import spool as spooling
-from pipeline import store, tracking
 from pipeline.config import TrackingConfig
 
 
@@ -284,7 +284,7 @@ def test_sqlite_database_is_locked_is_retried_not_raised(tmp_path, monkeypatch):
     release = threading.Timer(6.5, holder.rollback)
     release.start()
     t0 = time.perf_counter()
-    assert tracking.list_versions(uri, "locked-model") == []
+    assert model_registry.list_versions(uri, "locked-model") == []
     assert time.perf_counter() - t0 > 6  # it really met the lock, and retried past it
     release.join()
     calls = []

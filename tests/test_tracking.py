@@ -185,7 +185,7 @@ def test_registry_calls_leave_no_process_wide_mlflow_uri_behind(tmp_path, monkey
     the next test) would silently read another store's registry."""
     import mlflow
 
-    from pipeline import tracking
+    from pipeline import model_registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
@@ -193,6 +193,6 @@ def test_registry_calls_leave_no_process_wide_mlflow_uri_behind(tmp_path, monkey
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     uri = f"sqlite:///{tmp_path}/other.db"
     with pytest.raises(TrackingError):
-        tracking.register_version(uri, "m", "runs:/0123/generator", {})  # fails after binding the URIs
+        model_registry.register_version(uri, "m", "runs:/0123/generator", {})  # fails after binding the URIs
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
