@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -23,6 +24,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError,)
 # their traceback.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
 INTERRUPTED, INTERRUPTED_EXIT = "interrupted; run dvc repro to resume", 130  # 128 + SIGINT, as a shell reports it
+# How long a rank other than 0 waits before reporting an error itself: rank 0, failing the same way, reports it and
+# the launcher then stops the other ranks (it polls every 0.1 s), so one line comes out, not N.
+PEER_GRACE_S = 3.0
 _disk_note: Callable[[], str | None] | None = None
 
 
@@ -80,13 +84,17 @@ def disk_error_message(e: OSError) -> str:
 
 
 def reporting_rank() -> bool:
-    """Whether this process reports errors: the only one, or global rank 0 of several (the others fail quietly,
-    so N processes give one line, not N)."""
+    """Whether this process reports errors at once: the only one, or global rank 0 of several."""
     return os.environ.get("RANK", "0") in ("", "0")
 
 
 def fail(line: str, code: int = 1, report: bool = True) -> NoReturn:
-    if report and reporting_rank():
+    """Print `line` and exit with `code`. Another rank first waits PEER_GRACE_S: an error every rank meets is then
+    reported by rank 0 alone (the launcher stops this process meanwhile), and one met by this rank alone still is."""
+    if report and not reporting_rank():
+        time.sleep(PEER_GRACE_S)
+        line = f"{line} (rank {os.environ['RANK']})"
+    if report:
         print(line, file=sys.stderr, flush=True)
     sys.exit(code)
 

@@ -118,9 +118,7 @@ def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: 
     tracker = Tracker.resume(params.tracking, paths.run_file, stage="evaluate")
     step = int(gcfg.get("params", {}).get("train", {}).get("steps", 0))  # the trained generator's step
     try:
-        used = {k: v for k, v in params.flat().items() if k.startswith("eval.")}
-        tracker.log_params(used)  # a re-run with other values: stage.evaluate.<key> tags (Tracker.log_params)
-        tracker.log_dict(used, "config/evaluate.json")
+        tracker.log_section_params(params, "eval")  # a re-run with other values: stage.evaluate.<key> tags
         values = {f"eval/{name}/{k}": v for k, v in report[name].items()}
         values.update({f"eval/{name}/intra_fid/{_METRIC_UNSAFE.sub('_', k)}": v
                        for k, v in report.get(f"{name}/intra_fid", {}).items()})

@@ -212,9 +212,7 @@ def register(params: Params, paths: ExportPaths, files: dict[str, Path], config:
         return {"registered": False, "reason": "no MLflow run (tracking disabled, or train ran untracked)"}
     status = "FAILED"
     try:
-        used = {k: v for k, v in params.flat().items() if k.startswith("export.")}  # model_name resolved
-        tracker.log_params(used)
-        tracker.log_dict(used, "config/export.json")
+        tracker.log_section_params(params, "export")  # model_name resolved
         net = NetConfig.from_dict(config["net"])
         artifacts = {"generator": str(files["pt2"]), "config": str(files["config"])}
         model_uri = model_registry.log_pyfunc_model(tracker, pyfunc_model.__file__, artifacts, net.z_dim,

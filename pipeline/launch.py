@@ -69,7 +69,11 @@ def exit_status(e: BaseException) -> int:
     if isinstance(e, subprocess.CalledProcessError):
         code = e.returncode
     elif isinstance(e, ChildFailedError):
-        code = e.failures.get(0, e.failures[min(e.failures)]).exitcode  # global rank 0's, as it reports
+        # The launcher SIGTERMs the ranks still running once one fails, and lists them as failed too: the status is
+        # that of the rank that failed on its own, global rank 0's where it did.
+        own = {rank: f.exitcode for rank, f in e.failures.items() if f.exitcode != -signal.SIGTERM} or {
+            rank: f.exitcode for rank, f in e.failures.items()}
+        code = own.get(0, own[min(own)])
     else:  # SignalException: the launcher itself was sent SIGTERM, SIGHUP or SIGQUIT
         code = -int(e.sigval)
     return 128 - code if code < 0 else code or 1

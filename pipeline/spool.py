@@ -220,14 +220,8 @@ class Spool:
             self._file.close()
             self.counts["pending_records"] = len(self._queue)
         if done:
-            shutil.rmtree(self.dir / "blobs", ignore_errors=True)
-            for name in ("ops.jsonl", "sent", "meta.json"):
-                (self.dir / name).unlink(missing_ok=True)
+            _remove(self.dir)
         os.close(self._lock_fd)
-        if done:
-            with contextlib.suppress(OSError):
-                (self.dir / "lock").unlink()
-                self.dir.rmdir()
         return done
 
     # Sender thread.
@@ -313,6 +307,16 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
+def _remove(directory: Path) -> None:
+    """Delete a run's spool once everything in it was sent (its holder still has the lock)."""
+    shutil.rmtree(directory / "blobs", ignore_errors=True)
+    for name in ("ops.jsonl", "sent", "meta.json"):
+        (directory / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (directory / "lock").unlink()
+        directory.rmdir()
+
+
 def sync_dir(directory: Path, client_factory: Callable[[str], Any], uri: str | None = None) -> int | None:
     """Upload the unsent records of one run's spool, in order; remove the spool when done.
     Returns the number of records sent, or None when a live process holds the spool."""
@@ -337,12 +341,7 @@ def sync_dir(directory: Path, client_factory: Callable[[str], Any], uri: str | N
             del queue[: len(batch)]
             n += len(batch)
             _write_atomic(directory / "sent", f"{batch[-1]['seq']}\n")
-        shutil.rmtree(directory / "blobs", ignore_errors=True)
-        for name in ("ops.jsonl", "sent", "meta.json"):
-            (directory / name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            (directory / "lock").unlink()
-            directory.rmdir()
+        _remove(directory)
         return n
     finally:
         os.close(fd)

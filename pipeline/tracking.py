@@ -249,6 +249,13 @@ class Tracker:
             self.set_tags(changed)
             self._tags.update(changed)
 
+    def log_section_params(self, params, section: str) -> None:
+        """The stage's own section of `params` (evaluate: eval, export: export, resolved values), as params and as
+        config/<stage>.json."""
+        used = {k: v for k, v in params.flat().items() if k.startswith(f"{section}.")}
+        self.log_params(used)
+        self.log_dict(used, f"config/{self.stage}.json")
+
     def log_dataset(self, name: str, digest: str, source: dict[str, Any], schema: dict[str, Any] | None = None,
                     profile: dict[str, Any] | None = None, context: str = "training") -> None:
         """The run's input data set, as MLflow's dataset API records it (the run page's "Datasets"): `digest`

@@ -496,12 +496,11 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
                 continue
             bad_step = int(acc.gather(gan.first_bad.view(1)).max().item())
             if bad_step >= 0:
-                last = checkpoint.latest_checkpoint(paths.checkpoints, fp)
                 tracker.set_tags({"diverged_at_step": bad_step})
                 tracker.close("FAILED")
                 raise DivergenceError(
                     f"training diverged: the loss became NaN or inf at step {bad_step}; "
-                    f"the last good checkpoint is {last or 'none (none was written yet)'}. "
+                    f"the last good checkpoint is {_last_good(paths.checkpoints, fp)}. "
                     "Lower the learning rates, enable train.grad_clip_norm, or change train.loss."
                 )
             cores.rebalance()  # trainings that started or ended on this machine since the last tick
@@ -529,9 +528,8 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     except KeyboardInterrupt:  # Ctrl-C: one line that says where to resume from, not a traceback per process
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
         tracker.close("KILLED")
-        last = checkpoint.latest_checkpoint(paths.checkpoints, fp)
         raise Interrupted(f"interrupted at step {done} of {tc.steps}; last checkpoint "
-                          f"{last or 'none (none was written yet)'}; run dvc repro to resume") from None
+                          f"{_last_good(paths.checkpoints, fp)}; run dvc repro to resume") from None
 
     wall = time.perf_counter() - t_start
     result = {}
@@ -547,6 +545,11 @@ TRACKED_SECTIONS = ("data", "model", "train", "tracking")  # the params train us
 
 def _train_params(params: Params) -> dict:
     return {k: v for k, v in params.flat().items() if k.split(".")[0] in TRACKED_SECTIONS}
+
+
+def _last_good(root: Path, fp: str) -> str:
+    """This run's newest complete checkpoint, for the messages that stop a run."""
+    return str(checkpoint.latest_checkpoint(root, fp) or "none (none was written yet)")
 
 
 def _is_tick(tc, done: int) -> bool:

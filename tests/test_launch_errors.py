@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY, free_port, run_ok
 
-from pipeline import cli, preflight
+from pipeline import cli, launch, preflight
 from pipeline.config import parse_params
 from stages import train as train_stage
 
@@ -220,16 +220,37 @@ def test_other_os_errors_keep_their_traceback(monkeypatch):
         cli.run(main, [])
 
 
-def test_ranks_other_than_0_fail_quietly(capsys, monkeypatch):
+def test_another_rank_reports_only_an_error_rank_0_did_not(capsys, monkeypatch):
+    """Rank 0 reports at once. Another rank waits PEER_GRACE_S first (rank 0, failing the same way, would report it
+    and the launcher stop this rank meanwhile), then reports it as its own."""
     from pipeline.config import ParamsError
 
     def main(argv):
         raise ParamsError("params.yaml: train.n_critic must be an integer >= 1, got 0")
 
-    monkeypatch.setenv("RANK", "1")
-    assert _fails_with(main, capsys) == []
+    waits = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
     monkeypatch.setenv("RANK", "0")
     assert _fails_with(main, capsys) == ["error: params.yaml: train.n_critic must be an integer >= 1, got 0"]
+    assert waits == []
+    monkeypatch.setenv("RANK", "1")
+    assert _fails_with(main, capsys) == ["error: params.yaml: train.n_critic must be an integer >= 1, got 0 (rank 1)"]
+    assert waits == [cli.PEER_GRACE_S]
+
+
+@pytest.mark.parametrize("exitcodes, status", [
+    ({0: 1, 1: -signal.SIGTERM}, 1),  # rank 0 failed; the launcher stopped rank 1
+    ({0: -signal.SIGTERM, 1: 1}, 1),  # rank 1 failed first; the launcher stopped rank 0 (the CI failure: 143)
+    ({0: 130, 1: 130}, 130),  # Ctrl-C
+    ({0: -signal.SIGTERM, 1: -signal.SIGKILL}, 128 + signal.SIGKILL),  # rank 1 killed (out of memory)
+    ({0: -signal.SIGTERM, 1: -signal.SIGTERM}, 128 + signal.SIGTERM),  # the workers were sent SIGTERM from outside
+])
+def test_the_launchers_status_is_the_rank_that_failed_on_its_own(exitcodes, status):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=code, error_file="")
+                for rank, code in exitcodes.items()}
+    assert launch.exit_status(ChildFailedError("stages.train", failures)) == status
 
 
 def test_ctrl_c_outside_the_training_loop_is_one_line(capsys):
