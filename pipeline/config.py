@@ -78,7 +78,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
-    steps: int = spec(2000, ge=1, le=MAX_STEPS, doc="generator updates")
+    steps: int = spec(2500, ge=1, le=MAX_STEPS, doc="generator updates")
     batch_size: int = spec(64, ge=1, le=MAX_BATCH, doc="global batch, split across processes")
     seed: int = spec(0, ge=0, le=MAX_SEED)
     lr_g: float = spec(2e-4, gt=0.0)
@@ -95,7 +95,7 @@ class TrainConfig:
                                       doc="transitional conditioning: class terms off until this step")
     cond_ramp_end_steps: int = spec(0, ge=0, le=MAX_STEPS, doc="... then ramped linearly to full strength at this "
                                                                 "step (0 = conditional from the start)")
-    mode_seeking: float = spec(0.15, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
+    mode_seeking: float = spec(0.175, ge=0.0, doc="weight of MSGAN's mode-seeking term in G's loss (0 = off)")
     augment: str = spec("diffaug", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
     augment_p: float = spec(0.5, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
