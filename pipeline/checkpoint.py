@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.nets import NetConfig, make_generator
+from pipeline.store import first_line
 
 MAX_FINGERPRINTS = 4  # fingerprint dirs kept under a checkpoints root, the one in use included
 LAST_USED = "last-used"  # marker in each fingerprint dir: its mtime (set explicitly, in ns) is the last use
@@ -278,7 +279,7 @@ def verify_checkpoint(path: str | Path) -> dict:
             if f.suffix in (".bin", ".pkl"):
                 load(f)
     except (OSError, ValueError, RuntimeError, EOFError) as e:
-        raise WeightsError(f"checkpoint file {f} is unreadable: {_first(e)}") from None
+        raise WeightsError(f"checkpoint file {f} is unreadable: {first_line(e)}") from None
     for f in sorted(path.glob("*.safetensors")):
         load_weights(f)
     if not isinstance(state, dict) or "step" not in state:
@@ -336,9 +337,6 @@ def load_generator(weights_path: str | Path, config_path: str | Path) -> tuple[n
     try:
         g.load_state_dict(load_weights(weights_path))
     except RuntimeError as e:
-        raise WeightsError(f"{weights_path} does not fit the generator in {config_path}: {_first(e)}") from None
+        raise WeightsError(f"{weights_path} does not fit the generator in {config_path}: {first_line(e)}") from None
     return g.eval(), cfg
 
-
-def _first(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:300]

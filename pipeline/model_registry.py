@@ -129,13 +129,14 @@ def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) 
     return str(_registry_call(f"registering {model_uri} as {name}", None, register).version)
 
 
-def model_version(uri: str, name: str, version: str | None = None) -> dict | None:
-    """{version, run_id, tags, aliases} of one version, or of the champion when `version` is None; None if absent."""
+def model_version(uri: str, name: str, version: str | None = None, alias: str = CHAMPION) -> dict | None:
+    """{version, run_id, tags, aliases} of one version, or of the one `alias` names when `version` is None; None if
+    absent."""
     from mlflow.exceptions import MlflowException
 
     def read(client):
         try:
-            return (client.get_model_version_by_alias(name, CHAMPION) if version is None
+            return (client.get_model_version_by_alias(name, alias) if version is None
                     else client.get_model_version(name, str(version)))
         except MlflowException as e:
             if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.store import first_line
+
 MAX_BYTES = 512 * 2**20
 FSYNC_SECONDS = 1.0
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -252,14 +254,14 @@ class Spool:
             except Exception as e:  # noqa: BLE001 - any failure: keep the record, retry after a pause
                 if rejected(e):
                     self._warn(f"WARNING: MLflow refused a {batch[0]['op']} record of run {self.run_id} "
-                               f"({_first_line(e)}); it is dropped")
+                               f"({first_line(e)}); it is dropped")
                     self._delivered(batch, refused=True)
                     continue
                 with self._cv:
                     if self._down_since is None:
                         self._down_since = time.monotonic()
                         self._warn(f"WARNING: MLflow at {self.uri} did not take a record ({type(e).__name__}: "
-                                   f"{_first_line(e)}); training goes on, records wait in {self.dir} and are "
+                                   f"{first_line(e)}); training goes on, records wait in {self.dir} and are "
                                    "replayed in order when it answers")
                     pause = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
                     attempt += 1
@@ -302,11 +304,6 @@ class Spool:
                     if not (skip_prefix and p[0].startswith(skip_prefix))]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
 def _remove(directory: Path) -> None:
     """Delete a run's spool once everything in it was sent (its holder still has the lock)."""
     shutil.rmtree(directory / "blobs", ignore_errors=True)
@@ -336,7 +333,7 @@ def sync_dir(directory: Path, client_factory: Callable[[str], Any], uri: str | N
             except Exception as e:  # noqa: BLE001
                 if not rejected(e):
                     raise
-                print(f"WARNING: MLflow refused a {batch[0]['op']} record of run {meta['run_id']} ({_first_line(e)}); "
+                print(f"WARNING: MLflow refused a {batch[0]['op']} record of run {meta['run_id']} ({first_line(e)}); "
                       "it is dropped", file=sys.stderr)
             del queue[: len(batch)]
             n += len(batch)

@@ -48,21 +48,23 @@ def _from_registry(init_from: str, tracking_uri: str, dest: Path) -> tuple[Path,
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.store import resolve_uri
+    from pipeline import model_registry
+    from pipeline.store import first_line, resolve_uri
 
     m = _MODELS_URI.match(init_from)
     if m is None:
         raise _error(init_from, "a registered model is named models:/NAME@ALIAS or models:/NAME/VERSION")
     uri = resolve_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = model_registry.model_version(uri, m["name"], m["version"], alias=m["alias"] or model_registry.CHAMPION)
+    if mv is None:
+        raise _error(init_from, f"not found in the registry at {uri}")
     try:
-        mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
-              else client.get_model_version(m["name"], m["version"]))
-        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="export", dst_path=str(dest),
+        local = mlflow.artifacts.download_artifacts(run_id=mv["run_id"], artifact_path="export", dst_path=str(dest),
                                                     tracking_uri=uri)
     except MlflowException as e:
-        raise _error(init_from, f"not found in the registry at {uri} ({str(e).splitlines()[0][:200]})") from None
-    return Path(local) / "generator.safetensors", f"{m['name']} v{mv.version} (run {mv.run_id})"
+        raise _error(init_from, f"the run {mv['run_id']} of {m['name']} v{mv['version']} has no export/ to start "
+                                f"from ({first_line(e)})") from None
+    return Path(local) / "generator.safetensors", f"{m['name']} v{mv['version']} (run {mv['run_id']})"
 
 
 def resolve(init_from: str, tracking_uri: str, cache: Path | None = None) -> WarmStart:
