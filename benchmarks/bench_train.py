@@ -24,7 +24,9 @@ import torch
 
 from benchmarks.reference import ReferenceLoop
 from pipeline.config import Params, parse_params
-from pipeline.train import GANStep, make_accelerator, net_config
+from pipeline.nets import net_config
+from pipeline.training.build import make_accelerator, make_step
+from pipeline.training.cuda_graph import GraphedStep
 
 
 @dataclass
@@ -52,7 +54,7 @@ def project_params(args: argparse.Namespace, loss: str, **train) -> Params:
 
 
 def project_variant(name: str, params: Params, acc, images: torch.Tensor) -> Variant:
-    gan = GANStep(params, acc, images, channels=images.shape[1])
+    gan = make_step(params, acc, images, channels=images.shape[1])
     counter = iter(range(10**9))
     return Variant(name, lambda: gan(next(counter)), gan.stats.pop_means, params.train.batch_size)
 
@@ -194,7 +196,7 @@ def bench_wgan_gp(args: argparse.Namespace, tag: str, graphs: list[bool], acc, i
             makers.append((v, lambda v=v, g=g, e=e: project_variant(
                 v, project_params(args, "wgan-gp", n_critic=k, gp_every=e, cuda_graphs=g), acc, images)))
     # With graphs, every penalty pattern (at most gp_every) is warmed up and captured before timing.
-    warmup = max(1, args.warmup // 2, (GANStep.GRAPH_WARMUP_STEPS + 1) * args.gp_every if any(graphs) else 0)
+    warmup = max(1, args.warmup // 2, (GraphedStep.GRAPH_WARMUP_STEPS + 1) * args.gp_every if any(graphs) else 0)
     alive = measure(makers, device, args.rounds, args.gp_steps, warmup)
     rows = report(f"wgan-gp (n_critic {k}), {args.gp_steps} steps x {args.rounds} rounds:", alive)
     for g in graphs:

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from pipeline.config import parse_params
-from pipeline.train import GANStep, make_accelerator
+from pipeline.training.build import make_accelerator, make_step
 
 CASES = {
     "bce": [],
@@ -24,7 +24,7 @@ CASES = {
 
 def run(overrides: list[str], graphs: bool, steps: int, images: torch.Tensor) -> tuple[dict, list[dict]]:
     params = parse_params({}, overrides + [f"train.cuda_graphs={str(graphs).lower()}"])
-    gan = GANStep(params, make_accelerator(params), images, channels=images.shape[1])
+    gan = make_step(params, make_accelerator(params), images, channels=images.shape[1])
     torch.backends.cudnn.benchmark = False  # GANStep turns it on; exactness needs fixed algorithms
     rows = []
     for s in range(steps):

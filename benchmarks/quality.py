@@ -1,6 +1,6 @@
 """The sample-quality ablation behind QUALITY.md: train + evaluate one recipe on several seeds, report mean +- sd.
 
-Each run is the train stage's and the evaluate stage's own code (pipeline.train.train, pipeline.evaluate.evaluate)
+Each run is the train stage's and the evaluate stage's own code (pipeline.training.stage.train, pipeline.evaluation.stage.evaluate)
 with `--set` overrides on top of params.yaml, on the prepared data and in-domain classifier of `--work` (made once).
 
     python -m benchmarks.quality --name cond+diffaug --seeds 0 1 2 --set train.augment=diffaug
@@ -30,9 +30,9 @@ def _fresh_state() -> None:
 
 def setup(work: Path, params_file: str, overrides: list[str]) -> None:
     """prepare + classifier, once per data config."""
-    from pipeline.classifier import fit
     from pipeline.config import load_params
     from pipeline.data import prepare
+    from pipeline.evaluation.classifier import fit
 
     params = load_params(params_file, overrides)
     if not (work / "prepared" / "meta.json").exists():
@@ -43,8 +43,9 @@ def setup(work: Path, params_file: str, overrides: list[str]) -> None:
 
 def run_one(work: Path, out: Path, params_file: str, overrides: list[str], seed: int) -> dict:
     from pipeline.config import load_params
-    from pipeline.evaluate import EvalPaths, evaluate
-    from pipeline.train import TrainPaths, train
+    from pipeline.evaluation.stage import EvalPaths, evaluate
+    from pipeline.training.outputs import TrainPaths
+    from pipeline.training.stage import train
 
     params = load_params(params_file, [*overrides, f"train.seed={seed}", "tracking.enabled=false"])
     shutil.rmtree(out, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""CPU threads for trainings that share a machine (`dvc queue start -j 2`, a test suite beside a run).
+"""CPU threads for the processes of a run and for trainings that share a machine (`dvc queue start -j 2`, a test
+suite beside a run).
 
 Oversubscribed cores collapse torch on the CPU: OpenMP threads spin waiting for each other (STACK-NOTES measured
 17-360 img/s for four 2-thread trainings on 2 cores, against 650-1000 for one alone). So each training process
@@ -10,12 +11,13 @@ or end later. A pinned `train.cpu_threads` is never changed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline import fsutil
 
 CLAIMS_ENV = "GAN_PIPELINE_CPU_CLAIMS"  # the claims directory; default: one per machine, in the temporary directory
 SETTLE_SECONDS = 0.3  # trainings that start together see each other's claims
@@ -28,8 +30,7 @@ class CoreShare:
         self.cores, self.claims = cores, claims
         claims.mkdir(parents=True, exist_ok=True)
         self._path = claims / str(os.getpid())
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # held until this process ends, however it ends
+        self._fd = fsutil.file_lock(self._path)  # held until this process ends, however it ends
         time.sleep(SETTLE_SECONDS)
         self.threads = 0
 
@@ -41,14 +42,11 @@ class CoreShare:
                 n += 1
                 continue
             with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                fd = fsutil.file_lock(path, blocking=False)
+                if fd is None:
                     n += 1  # its owner is alive
                 else:
                     path.unlink(missing_ok=True)
-                finally:
                     os.close(fd)
         return n
 
@@ -109,3 +107,21 @@ def releasing(fn):
             release()
 
     return wrapper
+
+
+def use_cpu_cores(acc, threads: int = 0) -> None:
+    """On the CPU, give torch `threads` per process, or (0) this process's share of the machine's cores: the
+    processes of one run and concurrent experiments split them (see `claim`), and each says what it took.
+    (`accelerate launch` exports OMP_NUM_THREADS=1 on a machine without GPUs, which would leave cores idle.)"""
+    import torch
+
+    if acc.device.type != "cpu":
+        return
+    total = len(os.sched_getaffinity(0))
+    if threads:
+        how = "pinned by train.cpu_threads"
+    else:
+        threads, n = claim(total)
+        how = f"{n} training process(es) share this machine"
+    torch.set_num_threads(threads)
+    acc.print(f"cpu: {threads} threads of {total} cores ({how})", flush=True)

@@ -17,12 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import DataConfig
+from pipeline.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
-class DataError(RuntimeError):
-    """A data source is missing, empty or unreadable."""
 
 
 @dataclass

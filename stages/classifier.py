@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import cli
-from pipeline.classifier import fit
+from pipeline.commands import runner
+from pipeline.evaluation.classifier import fit
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.parser(__doc__)
+    p = runner.parser(__doc__)
     p.add_argument("--prepared", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="classifier directory (safetensors + JSON)")
     p.add_argument("--metrics", required=True, type=Path, help="metrics JSON (held-out accuracy)")
     args = p.parse_args(argv)
-    params = cli.params_from(args)
+    params = runner.params_from(args)
     metrics = fit(args.prepared, args.out, params.eval.classifier_steps, params.eval.classifier_seed)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -27,4 +27,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

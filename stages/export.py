@@ -4,23 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import cli
-from pipeline.export import ExportError, ExportPaths, run_export
-from pipeline.pyfunc_model import UnsafeArchiveError
-from pipeline.registry import RegistryError
-
-cli.register_user_error(ExportError, RegistryError, UnsafeArchiveError)
+from pipeline.commands import runner
+from pipeline.export.stage import ExportPaths, run_export
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.parser(__doc__)
+    p = runner.parser(__doc__)
     for name in ("models", "eval", "run-file", "out", "metrics"):
         p.add_argument(f"--{name}", required=True, type=Path)
     args = p.parse_args(argv)
-    params = cli.params_from(args)
+    params = runner.params_from(args)
     run_export(params, ExportPaths(models=args.models, eval_json=args.eval, run_file=args.run_file, out=args.out,
                                    metrics=args.metrics))
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pipeline import cli
+from pipeline.commands import runner
 from pipeline.data import prepare
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.parser(__doc__)
+    p = runner.parser(__doc__)
     p.add_argument("--out", required=True, help="prepared data directory")
     args = p.parse_args(argv)
-    params = cli.params_from(args)
+    params = runner.params_from(args)
     meta = prepare(params.data, args.out)
     print(f"prepared {params.data.dataset}: {meta['count']} images of shape {meta['shape']}, hash {meta['hash']}")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

@@ -1,36 +1,34 @@
-"""train: check what later stages need (pipeline.preflight), then run (or resume) GAN training under
-`python -m pipeline.launch` (accelerate launch); write the generator, metrics, plots, run id."""
+"""train: check what later stages need (pipeline.training.preflight), then run (or resume) GAN training under
+`python -m pipeline.commands.launch` (accelerate launch); write the generator, metrics, plots, run id."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from pipeline import checkpoint, cli, preflight
-from pipeline.train import DivergenceError, TrainPaths, train
-
-cli.register_user_error(DivergenceError, preflight.PreflightError)
+from pipeline.commands import runner
+from pipeline.training import checkpoint, preflight
+from pipeline.training.stage import TrainPaths, train
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.parser(__doc__)
+    p = runner.parser(__doc__)
     for name in ("prepared", "models", "metrics", "plots", "run-file", "checkpoints"):
         p.add_argument(f"--{name}", required=True, type=Path)
     p.add_argument("--tensorboard", type=Path, default=None)
     p.add_argument("--classifier", type=Path, default=None, help="in-domain classifier dir (train.fid_every_steps > 0)")
     args = p.parse_args(argv)
-    params = cli.params_from(args)
-    cli.on_disk_error(lambda: _last_checkpoint(args.checkpoints))
-    if not os.environ.get(preflight.DONE_ENV):  # pipeline.launch ran them before launching
+    params = runner.params_from(args)
+    runner.on_disk_error(lambda: _last_checkpoint(args.checkpoints))
+    if not os.environ.get(preflight.DONE_ENV):  # pipeline.commands.launch ran them before launching
         preflight.check(params, args.prepared, args.classifier)
     paths = TrainPaths(prepared=args.prepared, models=args.models, metrics=args.metrics, plots=args.plots,
                        run_file=args.run_file, checkpoints=args.checkpoints, tensorboard=args.tensorboard)
     acc = evaluator = None
     if params.train.fid_every_steps > 0:  # FID during training, same extractor and reference stats as evaluate
-        from pipeline.metrics import MetricsError, train_fid_evaluator
-        from pipeline.train import make_accelerator
+        from pipeline.evaluation.scorer import train_fid_evaluator
+        from pipeline.training.build import make_accelerator
 
-        cli.register_user_error(MetricsError)
         acc = make_accelerator(params)
         evaluator = train_fid_evaluator(params.eval, args.prepared, args.classifier, dist=acc)
     train(params, paths, accelerator=acc, evaluator=evaluator)
@@ -42,4 +40,4 @@ def _last_checkpoint(root: Path) -> str | None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

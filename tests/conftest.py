@@ -14,17 +14,20 @@ import yaml
 
 from pipeline.config import DataConfig, Params, parse_params
 from pipeline.data import prepare
-from pipeline.train import TrainPaths, train
+from pipeline.training.outputs import TrainPaths
+from pipeline.training.stage import train
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-# Small but real: 16 px digits, narrow nets, bf16 off so CPU results are exact fp32 arithmetic.
+# Small but real: 16 px digits, narrow nets, bf16 off so CPU results are exact fp32 arithmetic. One pinned thread:
+# a thread count taken from the machine's free cores (cpu_threads 0) changes with whatever else trains there, and
+# float sums with it, so two runs that must be bit-identical could differ.
 TINY = {
     "data": {"image_size": 16},
     "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
     "train": {"steps": 12, "batch_size": 32, "log_every_steps": 4, "sample_every_steps": 6,
-              "checkpoint_every_steps": 6, "mixed_precision": "no"},
+              "checkpoint_every_steps": 6, "mixed_precision": "no", "cpu_threads": 1},
     "tracking": {"enabled": False},
 }
 
@@ -47,7 +50,7 @@ def fresh_accelerator(params: Params):
     """A new Accelerator per run: Accelerate keeps process-wide state that a test must reset."""
     from accelerate.state import AcceleratorState
 
-    from pipeline.train import make_accelerator
+    from pipeline.training.build import make_accelerator
 
     AcceleratorState._reset_state(reset_partial_state=True)
     return make_accelerator(params)
@@ -67,7 +70,8 @@ def varied_generator(seed: int = 0):
     """An untrained 16 px G whose samples differ from each other (DCGAN's 0.02 init gives near-identical ones)."""
     import torch
 
-    from pipeline.nets import Generator, NetConfig
+    from pipeline.nets import NetConfig
+    from pipeline.nets.dcgan import Generator
 
     torch.manual_seed(seed)
     g = Generator(NetConfig(z_dim=16, image_size=16, channels=1, g_channels=8))

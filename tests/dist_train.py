@@ -9,7 +9,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from pipeline.config import load_params
-from pipeline.train import TrainPaths, make_accelerator, train
+from pipeline.training.build import make_accelerator
+from pipeline.training.outputs import TrainPaths
+from pipeline.training.stage import train
 
 
 def main(params_file: str, prepared: str, out: str) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.checkpoint import save_generator
 from pipeline.config import Params, parse_params
 from pipeline.nets import NetConfig, make_generator
+from pipeline.nets.weights import save_generator
 
 NET = NetConfig(z_dim=8, image_size=16, channels=1, g_channels=4)
 CLASSES = ["zero", "one", "two"]
@@ -88,7 +88,7 @@ def start_run(params: Params, root: Path, run_file: Path) -> str:
     """A pipeline run as train leaves it (finished, id in run.json), artifacts under `root`."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import Tracker
+    from pipeline.tracking.tracker import Tracker
 
     client = MlflowClient(tracking_uri=params.tracking.uri)
     if client.get_experiment_by_name(params.tracking.experiment) is None:

@@ -10,11 +10,14 @@ import shutil
 import pytest
 import torch
 from conftest import run_tiny, tiny_params
+from safetensors import SafetensorError
 
-from pipeline import checkpoint, losses
-from pipeline.checkpoint import load_weights
 from pipeline.data import read_meta
-from pipeline.train import DivergenceError, fingerprint
+from pipeline.errors import DivergenceError
+from pipeline.nets.weights import load_weights
+from pipeline.training import checkpoint, losses
+from pipeline.training import ema as ema_module
+from pipeline.training.build import fingerprint
 
 A = {"steps": 6}  # the tiny defaults: bce
 B = {"steps": 6, "loss": "wgan-gp"}
@@ -152,13 +155,13 @@ def test_failed_write_raises_and_keeps_the_last_good_checkpoint(prepared_dir, tm
     ckpts = tmp_path / "checkpoints"
     run_tiny(prepared_dir, tmp_path, tiny_params(train=A))
     home = ckpts / _fp(prepared_dir, **A)
-    real_save = checkpoint.save_file
+    real_save = ema_module.save_file
 
     def full(tensors, filename, metadata=None):
         real_save(tensors, filename, metadata)
-        raise checkpoint.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(ema_module, "save_file", full)
     with pytest.raises(OSError, match="No space left on device") as caught:
         run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": 12}))
     assert caught.value.errno == 28 and caught.value.filename == str(home / "step-0000012.tmp")

@@ -285,8 +285,8 @@ def test_seed_upper_bounds_run_through_the_seeding_code():
     import torch
 
     from pipeline.data import BatchSampler
-    from pipeline.nets import latents
-    from pipeline.train import step_seed
+    from pipeline.nets.sampling import latents
+    from pipeline.training.step import step_seed
 
     le = {key: meta["le"] for key, meta in _int_fields()}
     last_step = le["train.steps"]

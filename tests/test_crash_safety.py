@@ -22,11 +22,11 @@ import torch
 import yaml
 from conftest import REPO, TINY, dvc_repo, run_tiny, train_paths
 
-from pipeline import checkpoint
-from pipeline.checkpoint import load_weights
 from pipeline.config import load_params
 from pipeline.data import read_meta
-from pipeline.train import fingerprint
+from pipeline.nets.weights import load_weights
+from pipeline.training import checkpoint
+from pipeline.training.build import fingerprint
 
 # Tiny and single-threaded (bit-identical across processes), tracking on with the default `sqlite:///mlflow.db`.
 CRASH = {
@@ -229,7 +229,7 @@ def _params_file(path: Path, **train) -> Path:
 
 
 def _assert_one_error_line(stderr: str, reason: str) -> None:
-    """One line names the failure (pipeline.cli's `error: cannot write FILE: REASON`)."""
+    """One line names the failure (pipeline.commands.runner's `error: cannot write FILE: REASON`)."""
     hits = [line for line in stderr.splitlines() if reason in line]
     assert len(hits) == 1, stderr[-3000:]
     assert hits[0].startswith("error: cannot write ") and "step-0000012.tmp" in hits[0], stderr[-3000:]

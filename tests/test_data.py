@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import BatchSampler, DataError, content_hash, load_split, prepare, read_meta, resize_uint8
+from pipeline.data import BatchSampler, content_hash, load_split, prepare, read_meta, resize_uint8
+from pipeline.errors import DataError
 
 
 def test_digits_prepare_writes_arrays_and_meta(tmp_path):

@@ -1,7 +1,7 @@
 """Real multi-process training on CPU (gloo): 2 processes on one machine, and 2 "machines" on loopback.
 
 `accelerate launch --cpu --num_processes 2` silently runs ONE process, so these tests assert the world size.
-The one-machine test goes through pipeline.launch (the stages' launcher), the loopback one through accelerate's.
+The one-machine test goes through pipeline.commands.launch (the stages' launcher), the loopback one through accelerate's.
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def _wait(procs, timeout=300):
 
 def test_two_processes_on_one_machine(prepared_dir, tmp_path):
     """wgan-gp with n_critic 2 exercises the penalty's double backward under DDP. Launched as dvc.yaml launches
-    the stages, through pipeline.launch (accelerate launch underneath)."""
+    the stages, through pipeline.commands.launch (accelerate launch underneath)."""
     params = _params(tmp_path, loss="wgan-gp", n_critic=2)
     args = ["--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port())]
-    _wait([_launch(args, params, prepared_dir, tmp_path / "out", launcher="pipeline.launch")])
+    _wait([_launch(args, params, prepared_dir, tmp_path / "out", launcher="pipeline.commands.launch")])
     _check_ranks(tmp_path / "out")
 
 

@@ -16,11 +16,11 @@ import torch
 import yaml
 from conftest import varied_generator
 
-from pipeline.checkpoint import save_generator
 from pipeline.config import DataConfig, TrackingConfig, parse_params
 from pipeline.data import prepare
 from pipeline.nets import NetConfig
-from pipeline.tracking import Tracker
+from pipeline.nets.weights import save_generator
+from pipeline.tracking.tracker import Tracker
 from stages import classifier as classifier_stage
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
@@ -62,7 +62,7 @@ def run_stage(main, args: list[str]) -> None:
     process would have it."""
     from accelerate.state import AcceleratorState
 
-    from pipeline import cli
+    from pipeline.commands import runner as cli
 
     AcceleratorState._reset_state(reset_partial_state=True)
     cli.run(main, args)

@@ -16,9 +16,12 @@ import pytest
 import torch
 from export_helpers import DATA_HASH, NET, params_for, save_models, tiny_generator, write_eval
 
-from pipeline import export, generate, pyfunc_model
-from pipeline.checkpoint import WeightsError, load_generator
-from pipeline.nets import to_uint8
+from pipeline.commands import generate
+from pipeline.errors import WeightsError
+from pipeline.export import formats, pyfunc_model
+from pipeline.export import stage as export
+from pipeline.nets.sampling import to_uint8
+from pipeline.nets.weights import load_generator
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +63,17 @@ def test_onnx_matches_generator(exported, n):
     g, files, skipped = exported
     assert skipped is None and files["onnx"].exists()
     z = _z(n)
-    got = export.run_onnx(files["onnx"], z)
+    got = formats.run_onnx(files["onnx"], z)
     with torch.no_grad():
         want = g(z)
     assert got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=export.ONNX_ATOL, rtol=0)
+    torch.testing.assert_close(got, want, atol=formats.ONNX_ATOL, rtol=0)
 
 
 def test_verify_reports_and_rejects_a_wrong_export(exported, tmp_path):
     g, files, _ = exported
     errors = export.verify(g, files, NET)
-    assert errors["pt2"] == 0 and errors["safetensors"] == 0 and errors["onnx"] <= export.ONNX_ATOL
+    assert errors["pt2"] == 0 and errors["safetensors"] == 0 and errors["onnx"] <= formats.ONNX_ATOL
     other = tiny_generator(seed=5)  # same architecture, different weights
     with pytest.raises(export.ExportError, match="differs from the in-memory generator"):
         export.verify(other, files, NET)
@@ -234,7 +237,7 @@ def test_latents_are_seeded_and_truncation_resamples():
     z = generate.latents(2000, 8, seed=0, truncation=0.5)
     assert z.abs().max() <= 0.5
     assert (z.abs() > 0.499).float().mean() < 0.01  # resampled, not clamped onto the bound
-    with pytest.raises(generate.SourceError):
+    with pytest.raises(ValueError, match="truncation must be > 0"):
         generate.latents(2, 8, seed=0, truncation=0.0)
 
 
@@ -242,6 +245,8 @@ def test_generate_from_files_writes_grid_and_singles(exported, tmp_path):
     g, files, _ = exported
     from_pt2 = generate.generate(str(files["pt2"]), tmp_path / "a", n=5, seed=7, truncation=1.0, singles=True)
     from_st = generate.generate(str(files["safetensors"]), tmp_path / "b", n=5, seed=7, truncation=1.0)
+    with pytest.raises(generate.SourceError, match="truncation must be > 0"):  # the CLI's one-line error
+        generate.generate(str(files["pt2"]), tmp_path / "c", n=2, truncation=0.0)
     assert np.array_equal(from_pt2, from_st)
     from PIL import Image
 

@@ -26,9 +26,14 @@ from export_helpers import (
     write_eval,
 )
 
-from pipeline import export, generate, model_registry, pyfunc_model, registry
-from pipeline.checkpoint import load_generator
-from pipeline.nets import to_uint8
+from pipeline.commands import generate
+from pipeline.commands import registry as registry_cli
+from pipeline.export import formats, pyfunc_model
+from pipeline.export import stage as export
+from pipeline.nets.sampling import to_uint8
+from pipeline.nets.weights import load_generator
+from pipeline.registry import client as model_registry
+from pipeline.registry import promotion as registry
 
 Z_DIM, K = conditional_net().z_dim, len(CLASSES)
 
@@ -98,13 +103,13 @@ def test_onnx_takes_z_and_labels_with_one_dynamic_batch(cond):
         z, y = _z(n, seed=n), torch.tensor([2, 0, 1, 1, 2, 0][:n])
         with torch.no_grad():
             want = cond.g(z, y)
-        torch.testing.assert_close(export.run_onnx(cond.files["onnx"], z, y), want, atol=export.ONNX_ATOL, rtol=0)
-        assert _all_differ(export.run_onnx(cond.files["onnx"], z, (y + 1) % K), want)
+        torch.testing.assert_close(formats.run_onnx(cond.files["onnx"], z, y), want, atol=formats.ONNX_ATOL, rtol=0)
+        assert _all_differ(formats.run_onnx(cond.files["onnx"], z, (y + 1) % K), want)
 
 
 def test_verify_compares_with_labels(cond):
     errors = cond.result["max_abs_error"]
-    assert errors["pt2"] == 0 and errors["safetensors"] == 0 and errors["onnx"] <= export.ONNX_ATOL
+    assert errors["pt2"] == 0 and errors["safetensors"] == 0 and errors["onnx"] <= formats.ONNX_ATOL
     other = tiny_generator(net=cond.net)
     with torch.no_grad():  # one class's embedding changed: only a check that feeds that class can see it
         next(m for m in other.modules() if isinstance(m, torch.nn.Embedding)).weight[1] += 1.0
@@ -238,7 +243,7 @@ def test_version_is_tagged_conditional_with_its_classes(cond, capsys):
     tags = model_registry.model_version(cond.uri, cond.name)["tags"]
     assert tags[registry.TAG_CONDITIONAL] == "true" and tags[registry.TAG_NUM_CLASSES] == str(K)
     assert json.loads(tags[registry.TAG_CLASSES]) == CLASSES
-    registry.main(["--name", cond.name, "--tracking-uri", cond.uri, "show"])
+    registry_cli.main(["--name", cond.name, "--tracking-uri", cond.uri, "show"])
     header, row = capsys.readouterr().out.splitlines()[:2]
     assert row.split()[header.split().index("classes")] == str(K)
 

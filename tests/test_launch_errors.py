@@ -1,4 +1,4 @@
-"""A user error is one line on every launch path (`dvc repro`, the stage module, pipeline.launch with 2 processes),
+"""A user error is one line on every launch path (`dvc repro`, the stage module, pipeline.commands.launch with 2 processes),
 Ctrl-C is one line with the step and the checkpoint to resume from, a full disk is one line, and the cross-stage
 pre-flight stops the train stage before it trains."""
 
@@ -17,8 +17,10 @@ import pytest
 import yaml
 from conftest import REPO, TINY, free_port, run_ok
 
-from pipeline import cli, launch, preflight
+from pipeline.commands import launch
+from pipeline.commands import runner as cli
 from pipeline.config import parse_params
+from pipeline.training import preflight
 from stages import train as train_stage
 
 TWO_CPU_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -116,7 +118,7 @@ def _train_args(params: Path, prepared: Path, out: Path) -> list[str]:
 
 
 def _errors(output: str) -> list[str]:
-    """The lines of `output` other than the per-process startup note on CPU threads (pipeline.cli.use_cpu_cores)."""
+    """The lines of `output` other than the per-process startup note on CPU threads (pipeline.cores.use_cpu_cores)."""
     return [line for line in output.splitlines() if not re.match(r"cpu: \d+ threads of \d+ cores", line)]
 
 
@@ -138,7 +140,7 @@ def test_the_train_stage_module_with_a_bad_value_prints_one_line(prepared_dir, t
 def test_two_processes_report_a_stage_error_once(prepared_dir, tmp_path):
     """Both ranks fail the same way inside the stage (the prepared data is 16 px, the params ask for 32); only
     rank 0 reports it, and the launcher adds nothing."""
-    cmd = [sys.executable, "-m", "pipeline.launch", *TWO_CPU_PROCESSES, "--main_process_port", str(free_port()),
+    cmd = [sys.executable, "-m", "pipeline.commands.launch", *TWO_CPU_PROCESSES, "--main_process_port", str(free_port()),
            "-m", "stages.train", *_train_args(_params_file(tmp_path), prepared_dir, tmp_path),
            "--set", "data.image_size=32"]
     out = subprocess.run(cmd, cwd=REPO, env=_env(ACCELERATE_USE_CPU="true"), text=True, stdout=subprocess.PIPE,
@@ -152,7 +154,7 @@ def test_two_processes_report_a_stage_error_once(prepared_dir, tmp_path):
 def test_ctrl_c_prints_one_line_naming_the_checkpoint_to_resume_from(prepared_dir, tmp_path):
     params = _params_file(tmp_path, steps=100_000, log_every_steps=5, checkpoint_every_steps=5,
                           sample_every_steps=1000)
-    cmd = [sys.executable, "-m", "pipeline.launch", "-m", "stages.train", *_train_args(params, prepared_dir, tmp_path)]
+    cmd = [sys.executable, "-m", "pipeline.commands.launch", "-m", "stages.train", *_train_args(params, prepared_dir, tmp_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # its own process group, as a terminal's foreground job
     try:

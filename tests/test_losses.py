@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline import losses
+from pipeline.training import losses
 
 
 def test_known_values_at_zero_scores():

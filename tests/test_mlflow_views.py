@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO, fresh_accelerator, tiny_params, train_paths
 
 from pipeline.config import TrackingConfig, load_params, parse_params
-from pipeline.tracking import Tracker
-from pipeline.train import train
+from pipeline.tracking.tracker import Tracker
+from pipeline.training.stage import train
 
 
 def _client(uri):
@@ -109,12 +109,12 @@ def _cli_env() -> dict:
 
 
 def test_read_only_commands_never_create_a_store(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipeline.generate", "models:/tiny@champion", "--out", "o"],
+    out = subprocess.run([sys.executable, "-m", "pipeline.commands.generate", "models:/tiny@champion", "--out", "o"],
                          cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "no MLflow store at" in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     missing = tmp_path / "elsewhere" / "none.db"
-    out = subprocess.run([sys.executable, "-m", "pipeline.registry", "--name", "tiny", "--tracking-uri",
+    out = subprocess.run([sys.executable, "-m", "pipeline.commands.registry", "--name", "tiny", "--tracking-uri",
                           f"sqlite:///{missing}", "show"],
                          cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and f"no MLflow store at {missing}" in out.stderr, out.stderr[-2000:]
@@ -148,7 +148,7 @@ def _evaluate_log(out, kid_subset_size):
     """The evaluate stage's logging, as after a fresh evaluate on a cached train."""
     from PIL import Image
 
-    from pipeline.evaluate import EvalPaths, _log
+    from pipeline.evaluation.stage import EvalPaths, _log
 
     uri = f"sqlite:///{out}/mlflow.db"
     params = tiny_params(tracking={"enabled": True, "uri": uri, "experiment": "views"},
@@ -223,7 +223,7 @@ def test_system_metrics_sample_on_their_own_thread_until_stopped():
     """Samples every `seconds`, steps 0, 1, ...; the last one is taken at stop, which never waits long."""
     import time
 
-    from pipeline.sysmetrics import SYSTEM_PREFIX, SystemMetrics
+    from pipeline.tracking.sysmetrics import SYSTEM_PREFIX, SystemMetrics
 
     records = []
     sampler = SystemMetrics(lambda op, points: records.append(points), seconds=0.1)

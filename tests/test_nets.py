@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.nets import NetConfig, build, from_uint8, to_uint8
+from pipeline.nets import NetConfig, build
+from pipeline.nets.sampling import from_uint8, to_uint8
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from pipeline import cli
+from pipeline.commands import runner as cli
 from pipeline.config import METRICS, Params
 from stages import prepare
 

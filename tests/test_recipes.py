@@ -10,10 +10,12 @@ import pytest
 import torch
 from conftest import run_tiny, tiny_params
 
-from pipeline import augment, checkpoint, losses
 from pipeline.config import ARCHS, LOSSES, DataConfig, ParamsError, parse_params
-from pipeline.data import DataError, prepare
-from pipeline.nets import NetConfig, build, grid_inputs, make_generator, sample_grid
+from pipeline.data import prepare
+from pipeline.errors import DataError
+from pipeline.nets import NetConfig, build, make_generator, weights
+from pipeline.nets.sampling import grid_inputs, sample_grid
+from pipeline.training import augment, losses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +148,7 @@ def test_conditional_true_on_unlabelled_data_is_refused(tmp_path):
     with pytest.raises(DataError, match="model.conditional is true but the prepared data has no labels"):
         run_tiny(prepared, tmp_path / "run", tiny_params(model={"conditional": True}))
     metrics = run_tiny(prepared, tmp_path / "auto", tiny_params(train={"steps": 2}))  # auto: unconditional
-    _, cfg = checkpoint.load_generator(tmp_path / "auto/models/generator.safetensors",
+    _, cfg = weights.load_generator(tmp_path / "auto/models/generator.safetensors",
                                        tmp_path / "auto/models/generator.json")
     assert metrics["steps"] == 2 and cfg["net"]["num_classes"] == 0
 
@@ -218,14 +220,14 @@ def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_mode_seeking_ramp_and_label
     run_tiny(prepared_dir, tmp_path / "resumed", tiny_params(model={"arch": "resnet"}, train={**extra, "steps": 6}))
     assert run_tiny(prepared_dir, tmp_path / "resumed", full)["resumed_from_step"] == 6
     for name in ("generator.safetensors", "generator_ema.safetensors"):
-        a, b = (checkpoint.load_weights(tmp_path / d / "models" / name) for d in ("full", "resumed"))
+        a, b = (weights.load_weights(tmp_path / d / "models" / name) for d in ("full", "resumed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     curves = [(tmp_path / d / "plots" / "train_loss.csv").read_text().splitlines() for d in ("full", "resumed")]
     header = curves[0][0].split(",")
     p_col = header.index("Augment_p")
     assert [r.split(",")[p_col] for r in curves[0][1:]] == [r.split(",")[p_col] for r in curves[1][1:]]
     assert max(float(r.split(",")[p_col]) for r in curves[0][1:]) > 0  # ADA moved p
-    _, cfg = checkpoint.load_generator(tmp_path / "full/models/generator.safetensors",
+    _, cfg = weights.load_generator(tmp_path / "full/models/generator.safetensors",
                                        tmp_path / "full/models/generator.json")
     assert cfg["net"]["num_classes"] == 10 and cfg["net"]["arch"] == "resnet"
 
@@ -243,7 +245,7 @@ def test_mode_seeking_term_punishes_a_generator_that_ignores_z():
 @pytest.mark.parametrize("g_conditioning", ["cbn", "concat"])
 def test_condition_scale_zero_makes_g_and_d_ignore_the_class(g_conditioning):
     from pipeline.nets import set_condition_scale
-    from pipeline.train import condition_scale
+    from pipeline.training.step import condition_scale
 
     assert [condition_scale(s, 10, 20) for s in (0, 10, 15, 20, 99)] == [0.0, 0.0, 0.5, 1.0, 1.0]
     torch.manual_seed(0)

@@ -26,8 +26,12 @@ from export_helpers import (
     write_eval,
 )
 
-from pipeline import export, generate, model_registry, registry
-from pipeline.nets import to_uint8
+from pipeline.commands import generate
+from pipeline.commands import registry as registry_cli
+from pipeline.export import stage as export
+from pipeline.nets.sampling import to_uint8
+from pipeline.registry import client as model_registry
+from pipeline.registry import promotion as registry
 
 NAME = "tiny-gan"
 REPO = Path(__file__).resolve().parents[1]
@@ -151,13 +155,13 @@ def test_promote_and_rollback_by_hand(env, capsys):
     base = ["--name", name, "--tracking-uri", env.uri]
     steps = [(["promote", "3"], "3"), (["rollback"], "2"), (["rollback"], "1")]
     for argv, champion in steps:
-        registry.main(base + argv)
+        registry_cli.main(base + argv)
         assert model_registry.model_version(env.uri, name)["version"] == champion
     with pytest.raises(registry.RegistryError, match="no earlier champion"):
-        registry.main(base + ["rollback"])
+        registry_cli.main(base + ["rollback"])
     with pytest.raises(registry.RegistryError, match="no version 9"):
-        registry.main(base + ["promote", "9"])
-    registry.main(base + ["show"])
+        registry_cli.main(base + ["promote", "9"])
+    registry_cli.main(base + ["show"])
     shown = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in shown.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])}
     assert rows["1"][1] == "champion" and rows["2"][1] != "champion" and rows["3"][1] != "champion"

@@ -9,17 +9,18 @@ import pytest
 import torch
 from conftest import fresh_accelerator, run_tiny, tiny_params
 
-from pipeline import checkpoint, losses
 from pipeline.config import ParamsError
 from pipeline.data import BatchSampler
-from pipeline.train import GANStep
+from pipeline.training import checkpoint, losses
+from pipeline.training.build import make_step
+from pipeline.training.step import GANStep
 
 IMAGES = torch.randint(0, 256, (96, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
 def _step(steps: int = 0, **train) -> GANStep:
     params = tiny_params(train=train)
-    gan = GANStep(params, fresh_accelerator(params), IMAGES, channels=1)
+    gan = make_step(params, fresh_accelerator(params), IMAGES, channels=1)
     for s in range(steps):
         gan(s)
     return gan

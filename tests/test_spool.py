@@ -15,9 +15,11 @@ import pytest
 import yaml
 from conftest import REPO, free_port, start_mlflow_server
 
-from pipeline import model_registry, store, tracking
-from pipeline import spool as spooling
 from pipeline.config import TrackingConfig
+from pipeline.registry import client as model_registry
+from pipeline.tracking import connect, store
+from pipeline.tracking import spool as spooling
+from pipeline.tracking import tracker as tracking
 
 
 class FlakyClient:
@@ -128,11 +130,11 @@ def test_gan_tracking_sync_uploads_once(tmp_path, monkeypatch):
     t.spool.close(timeout=0.2)
     assert (tmp_path / ".tracking-spool" / t.run_id / "ops.jsonl").exists()
 
-    out = subprocess.run([sys.executable, "-m", "pipeline.tracking", "sync"], cwd=tmp_path, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "pipeline.commands.tracking", "sync"], cwd=tmp_path, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert f"run {t.run_id}: uploaded" in out.stdout
-    again = subprocess.run([sys.executable, "-m", "pipeline.tracking", "sync"], cwd=tmp_path, capture_output=True,
+    again = subprocess.run([sys.executable, "-m", "pipeline.commands.tracking", "sync"], cwd=tmp_path, capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert again.returncode == 0 and "nothing to upload" in again.stdout
     client = MlflowClient(tracking_uri=uri)
@@ -174,7 +176,7 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed(tmp_path, monkeyp
 
     client = MlflowClient(tracking_uri=uri)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    client.set_tag(orphan.run_id, tracking.TAG_PID, dead.stdout.strip())  # its process is gone, never closed
+    client.set_tag(orphan.run_id, connect.TAG_PID, dead.stdout.strip())  # its process is gone, never closed
     orphan.spool.close(timeout=5)
     later = tracking.Tracker(cfg)
     assert client.get_run(orphan.run_id).info.status == "KILLED"
@@ -238,7 +240,7 @@ def test_server_killed_mid_run_loses_nothing(prepared_dir, tmp_path):
         info = json.loads((run_dir / "train.json").read_text())["tracking"]
         if info.get("pending_records"):  # the stage ended before the server came back: sync uploads the rest
             assert "gan-tracking sync" in err
-            sync = subprocess.run([sys.executable, "-m", "pipeline.tracking", "sync", "--spool",
+            sync = subprocess.run([sys.executable, "-m", "pipeline.commands.tracking", "sync", "--spool",
                                    str(run_dir / ".tracking-spool")], capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": str(REPO)})
             assert sync.returncode == 0, sync.stderr

@@ -14,7 +14,8 @@ import pytest
 from conftest import free_port, run_tiny, start_mlflow_server, tiny_params
 
 from pipeline.config import TrackingConfig
-from pipeline.tracking import Tracker, TrackingError
+from pipeline.errors import TrackingError
+from pipeline.tracking.tracker import Tracker
 
 
 def _client(uri):
@@ -156,7 +157,7 @@ assert not [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'torch_fidel
 def test_a_resumed_run_continues_its_mlflow_run_and_logs_each_step_once(prepared_dir, tmp_path, monkeypatch):
     import shutil
 
-    from pipeline import checkpoint
+    from pipeline.training import checkpoint
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -185,7 +186,7 @@ def test_registry_calls_leave_no_process_wide_mlflow_uri_behind(tmp_path, monkey
     the next test) would silently read another store's registry."""
     import mlflow
 
-    from pipeline import model_registry
+    from pipeline.registry import client as model_registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

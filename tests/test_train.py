@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import REPO, run_tiny, tiny_params, train_paths
 
-from pipeline import checkpoint, losses
-from pipeline.checkpoint import load_generator, load_weights
-from pipeline.train import DivergenceError
+from pipeline.errors import DivergenceError
+from pipeline.nets.weights import load_generator, load_weights
+from pipeline.training import checkpoint, losses
 
 
 def _weights(out):
@@ -160,7 +160,7 @@ def test_schedule_only_changes_still_resume(prepared_dir, tmp_path):
 
 
 def test_prepared_data_of_another_size_is_refused(prepared_dir, tmp_path):
-    from pipeline.data import DataError
+    from pipeline.errors import DataError
 
     params = tiny_params(data={"image_size": 32})
     with pytest.raises(DataError, match=r"is 16 px but data.image_size is 32; run the prepare stage again"):
@@ -177,7 +177,7 @@ def test_cpu_threads_use_the_cores_that_accelerate_launch_leaves_out(monkeypatch
     cores.release()
     before = torch.get_num_threads()
     try:
-        fresh_accelerator(tiny_params())
+        fresh_accelerator(tiny_params(train={"cpu_threads": 0}))
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
         fresh_accelerator(tiny_params(train={"cpu_threads": 1}))
         assert torch.get_num_threads() == 1

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import REPO, run_tiny, tiny_params, varied_generator
 
-from pipeline.train import _write_curves
+from pipeline.training.outputs import _write_curves
 
 TEMPLATE = REPO / "vega_bundle" / "template.html"
 BUNDLES = {"vega": "vega 5.", "vega-lite": "vega-lite 5.", "vega-embed": "vega-embed 6."}  # the banner of each
@@ -118,8 +118,8 @@ def test_classifier_stage_prints_progress(classifier_run):
 
 
 def test_evaluate_prints_progress_while_it_embeds(classifier_run, prepared_dir, tmp_path, monkeypatch, capsys):
-    from pipeline import metrics
     from pipeline.config import parse_params
+    from pipeline.evaluation import scorer as metrics
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch-fidelity's feature cache
     cfg = parse_params({"eval": {"kid_subset_size": 50, "batch_size": 50}}).eval

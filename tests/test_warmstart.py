@@ -8,8 +8,8 @@ import pytest
 from conftest import run_tiny, tiny_params
 from safetensors.torch import load_file
 
-from pipeline import warmstart
 from pipeline.config import ParamsError
+from pipeline.training import warmstart
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -28,7 +28,7 @@ def test_g_and_d_start_from_the_source_weights(prepared_dir, source, tmp_path, m
     from conftest import fresh_accelerator
 
     from pipeline.data import load_split
-    from pipeline.train import GANStep
+    from pipeline.training.step import GANStep
 
     params = tiny_params(train={"init_from": str(source / "generator.safetensors")})
     warm = warmstart.resolve(params.train.init_from, params.tracking.uri)
@@ -47,7 +47,7 @@ def test_g_and_d_start_from_the_source_weights(prepared_dir, source, tmp_path, m
 
 
 def test_a_fine_tuned_run_trains_records_its_source_and_has_its_own_checkpoints(prepared_dir, source, tmp_path):
-    from pipeline import checkpoint
+    from pipeline.training import checkpoint
 
     run_tiny(prepared_dir, tmp_path / "scratch")
     tuned = run_tiny(prepared_dir, tmp_path, tiny_params(train={"init_from": str(source / "generator.safetensors")}))
@@ -61,7 +61,7 @@ def test_a_fine_tuned_run_trains_records_its_source_and_has_its_own_checkpoints(
 def test_an_incompatible_architecture_is_refused_in_one_line(source):
     params = tiny_params(model={"g_channels": 16}, train={"init_from": str(source / "generator.safetensors")})
     warm = warmstart.resolve(params.train.init_from, params.tracking.uri)
-    from pipeline.train import net_config
+    from pipeline.nets import net_config
 
     with pytest.raises(ParamsError, match=r"train.init_from=.*g_channels=8, this run builds g_channels=16") as e:
         warmstart.check_fits(params.train.init_from, warm, net_config(params, 1, 10))

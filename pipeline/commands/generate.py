@@ -13,31 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import cli, pyfunc_model
-
-
-class SourceError(ValueError):
-    """The generator source cannot be used: unknown kind, or a bad sampling option."""
-
-
-def latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
-    """(n, z_dim) float32 N(0, 1) latents from `seed`; with `truncation`, resampled into [-t, t].
-
-    Resampling keeps the shape of a truncated normal; clamping would pile mass at exactly +-t.
-    """
-    if truncation is not None and truncation <= 0:
-        raise SourceError(f"truncation must be > 0, got {truncation}")
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, z_dim, generator=gen)
-    if truncation is not None:
-        for _ in range(1000):  # P(|z| > t) per draw is < 1 for any t > 0, so this ends fast
-            outside = z.abs() > truncation
-            if not outside.any():
-                break
-            z[outside] = torch.randn(int(outside.sum()), generator=gen)
-        else:
-            raise SourceError(f"truncation {truncation} is too small to sample from")
-    return z
+from pipeline.commands import runner
+from pipeline.errors import SourceError
+from pipeline.export import pyfunc_model
+from pipeline.nets.sampling import latents
 
 
 class Sampler:
@@ -49,18 +28,21 @@ class Sampler:
         self.source = source
         self.num_classes: int | None = 0
         if source.startswith(("models:/", "runs:/")) or (Path(source) / "MLmodel").exists():
-            from pipeline import model_registry
+            from pipeline.registry import client
 
-            model = model_registry.load_pyfunc(source, tracking_uri)
+            model = client.load_pyfunc(source, tracking_uri)
             self.z_dim = int(model.metadata.get_input_schema().inputs[0].shape[-1])
             self.num_classes = int(getattr(model.unwrap_python_model(), "num_classes", 0))  # 0: logged before labels
             self._fn = lambda z, y: model.predict(z, params=None if y is None else {"labels": y.tolist()})
         elif source.endswith(".pt2"):
-            module = pyfunc_model.load_pt2(source)
+            try:
+                module = pyfunc_model.load_pt2(source)
+            except pyfunc_model.UnsafeArchiveError as e:
+                raise SourceError(str(e)) from None
             self.z_dim, self.num_classes = _pt2_inputs(module, Path(source))
             self._fn = lambda z, y: pyfunc_model.generate_images(module, z, y)
         elif source.endswith(".safetensors"):
-            from pipeline.checkpoint import load_generator
+            from pipeline.nets.weights import load_generator
 
             g, cfg = load_generator(source, Path(source).with_name("generator.json"))
             self.z_dim, self.num_classes = cfg["net"]["z_dim"], int(cfg["net"].get("num_classes", 0))
@@ -125,7 +107,11 @@ def generate(source: str, out: str | Path, n: int, seed: int = 0, truncation: fl
     labels for a conditional generator (none: drawn uniformly from `seed`)."""
     sampler = Sampler(source, tracking_uri)
     y = sampler.labels(n, labels, seed)
-    images = sampler(latents(n, sampler.z_dim, seed, truncation), y)
+    try:
+        z = latents(n, sampler.z_dim, seed, truncation)
+    except ValueError as e:  # a truncation that cannot be sampled from
+        raise SourceError(str(e)) from None
+    images = sampler(z, y)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_png(grid(images), out / "grid.png")
@@ -167,8 +153,7 @@ def _int_list(text: str) -> list[int]:
 
 def cli_main() -> None:
     """Console script entry point (`gan-generate`)."""
-    cli.register_user_error(SourceError, pyfunc_model.UnsafeArchiveError)
-    cli.run(main)
+    runner.run(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""`python -m pipeline.launch [accelerate launch options] -m stages.X [stage args]`: Accelerate's own launcher
+"""`python -m pipeline.commands.launch [accelerate launch options] -m stages.X [stage args]`: Accelerate's own launcher
 (`accelerate launch`, run in this process) with the stage's params checked, and for the train stage the cross-stage
-pre-flight (pipeline.preflight) run, before any process starts. A failure is reported once, as the stage's one line:
+pre-flight (pipeline.training.preflight) run, before any process starts. A failure is reported once, as the stage's one line:
 no launcher traceback, and the stage's exit status (1 for a user error, 130 for Ctrl-C).
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import cli
+from pipeline.commands import runner
 
 TRAIN = "stages.train"
 MODULE_FLAGS = ("-m", "--module")
@@ -44,15 +44,14 @@ def check_stage(stage: str, stage_args: list[str]) -> None:
     user error the stage would raise."""
     if "-h" in stage_args or "--help" in stage_args:
         return
-    p = cli.add_params_args(argparse.ArgumentParser(add_help=False, allow_abbrev=False))
+    p = runner.add_params_args(argparse.ArgumentParser(add_help=False, allow_abbrev=False))
     p.add_argument("--prepared", type=Path)
     p.add_argument("--classifier", type=Path)
     args, _ = p.parse_known_args(stage_args)
-    params = cli.params_from(args)
+    params = runner.params_from(args)
     if stage == TRAIN:
-        from pipeline import preflight
+        from pipeline.training import preflight
 
-        cli.register_user_error(preflight.PreflightError)
         preflight.check(params, args.prepared, args.classifier)
         os.environ[preflight.DONE_ENV] = "1"  # the stage's processes need not check again
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     launcher_args, stage, stage_args = split_stage(argv)
     if stage is not None:
-        cli.run(lambda _: check_stage(stage, stage_args), report=machine_rank(launcher_args) == 0)
+        runner.run(lambda _: check_stage(stage, stage_args), report=machine_rank(launcher_args) == 0)
 
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -106,4 +105,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.run(main)

@@ -1,4 +1,6 @@
-"""Shared command-line plumbing for the stage entry points: params arguments and one-line errors."""
+"""The runner of every stage and `gan-*` command: params arguments, and the one place that decides how an error ends
+the process (a `UserError` or a disk error: one line, status 1; Ctrl-C: one line, 130; anything else: a traceback).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +13,9 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from pipeline.config import Params, ParamsError, load_params
+from pipeline.config import Params, load_params
+from pipeline.errors import Interrupted, UserError
 
-
-class Interrupted(Exception):
-    """Ctrl-C: the message says where the stage stopped and how to resume."""
-
-
-# Errors that are the user's to fix: printed as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError,)
 # Full disk or quota, a file-size limit, read-only filesystem, no permission: the user's to fix, so one line too. Other OSErrors keep
 # their traceback.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
@@ -28,11 +24,6 @@ INTERRUPTED, INTERRUPTED_EXIT = "interrupted; run dvc repro to resume", 130  # 1
 # the launcher then stops the other ranks (it polls every 0.1 s), so one line comes out, not N.
 PEER_GRACE_S = 3.0
 _disk_note: Callable[[], str | None] | None = None
-
-
-def register_user_error(*errors: type[BaseException]) -> None:
-    global USER_ERRORS
-    USER_ERRORS = USER_ERRORS + errors
 
 
 def on_disk_error(note: Callable[[], str | None]) -> None:
@@ -54,26 +45,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def params_from(args: argparse.Namespace) -> Params:
     return load_params(args.params, args.overrides)
-
-
-def use_cpu_cores(acc, threads: int = 0) -> None:
-    """On the CPU, give torch `threads` per process, or (0) this process's share of the machine's cores: the
-    processes of one run and concurrent experiments split them (pipeline.cores), and each says what it took.
-    (`accelerate launch` exports OMP_NUM_THREADS=1 on a machine without GPUs, which would leave cores idle.)"""
-    import torch
-
-    from pipeline import cores
-
-    if acc.device.type != "cpu":
-        return
-    total = len(os.sched_getaffinity(0))
-    if threads:
-        how = "pinned by train.cpu_threads"
-    else:
-        threads, n = cores.claim(total)
-        how = f"{n} training process(es) share this machine"
-    torch.set_num_threads(threads)
-    acc.print(f"cpu: {threads} threads of {total} cores ({how})", flush=True)
 
 
 def disk_error_message(e: OSError) -> str:
@@ -99,15 +70,6 @@ def fail(line: str, code: int = 1, report: bool = True) -> NoReturn:
     sys.exit(code)
 
 
-def _library_errors() -> tuple[type[BaseException], ...]:
-    """The library's user errors every stage reports; imported only once something failed (they import torch)."""
-    from pipeline.checkpoint import WeightsError
-    from pipeline.data import DataError
-    from pipeline.tracking import TrackingError
-
-    return DataError, TrackingError, WeightsError
-
-
 def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None, report: bool = True) -> None:
     """Call a stage's main; user errors exit 1 with their one-line message, Ctrl-C exits 130 with one line.
     `report=False` exits with the same status silently."""
@@ -119,7 +81,7 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn the one line into a traceback
         fail(INTERRUPTED, INTERRUPTED_EXIT, report)
     except Exception as e:
-        if isinstance(e, USER_ERRORS) or isinstance(e, _library_errors()):
+        if isinstance(e, UserError):
             fail(f"error: {e}", 1, report)
         if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
             fail(f"error: {disk_error_message(e)}", 1, report)

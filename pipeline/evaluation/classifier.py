@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.nets import from_uint8
+from pipeline.nets.sampling import from_uint8
 from pipeline.progress import Progress
 
 WEIGHTS_FILE = "classifier.safetensors"

@@ -1,4 +1,4 @@
-"""The evaluate stage's work: score the trained generator with IS/FID/KID/PRC (pipeline.metrics: Salimans et al.
+"""The evaluate stage's work: score the trained generator with IS/FID/KID/PRC (`scorer`: Salimans et al.
 2016; Heusel et al. 2017; Bińkowski et al. 2018; Kynkäänniemi et al. 2019), write metrics/eval.json, log the same
 values to the pipeline's MLflow run, and save a sample grid of the scored samples.
 """
@@ -17,13 +17,13 @@ import numpy as np
 from torch import nn
 
 from pipeline import cores
-from pipeline.checkpoint import GENERATOR_FILES, load_trained_generator
-from pipeline.cli import use_cpu_cores
 from pipeline.config import Params
 from pipeline.data import load_split, read_meta
-from pipeline.metrics import MetricsError, make_scorer
-from pipeline.nets import balanced_labels, grid_inputs, sample_grid
-from pipeline.tracking import Tracker
+from pipeline.errors import MetricsError
+from pipeline.evaluation.scorer import make_scorer
+from pipeline.nets.sampling import balanced_labels, grid_inputs, sample_grid
+from pipeline.nets.weights import GENERATOR_FILES, load_trained_generator
+from pipeline.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     if dist is None:  # reads `accelerate launch`'s settings (PartialState alone ignores ACCELERATE_USE_CPU, and two
         # CPU processes would each run the whole evaluation)
         dist = Accelerator()
-        use_cpu_cores(dist)
+        cores.use_cpu_cores(dist)
     meta = read_meta(paths.prepared)
     G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
     t0 = time.perf_counter()

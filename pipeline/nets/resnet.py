@@ -1,5 +1,5 @@
 """Residual G and D for 16-128 px in the style of SNGAN (Miyato et al., 2018, arXiv:1802.05957) and BigGAN (Brock et
-al., 2018, arXiv:1809.11096): pre-activation up/down blocks with 1x1 shortcuts, conditional BatchNorm in G (nets.g_norm), a
+al., 2018, arXiv:1809.11096): pre-activation up/down blocks with 1x1 shortcuts, conditional BatchNorm in G (common.g_norm), a
 projection head in D (Miyato & Koyama, 2018), optional spectral norm and Dropout in D.
 
 Widths follow the DCGAN arch's meaning of the config: G narrows from g_channels * 2^(n-1) to g_channels, D widens
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.nets import (
+from pipeline.nets.common import (
     NetConfig,
     ProjectionHead,
     g_norm,

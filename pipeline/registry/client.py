@@ -1,5 +1,5 @@
 """Every call into MLflow's model registry: log the generator as a pyfunc, register versions, read them, move the
-champion alias (under a lock), load a model. The rule that decides promotion is pure and lives in pipeline/registry.py.
+champion alias (under a lock), load a model. The rule that decides promotion is pure and lives in `promotion`.
 These functions take the tracking URI explicitly and raise TrackingError on failure: the export stage exists to
 register, so a failure there must stop it rather than be logged and skipped.
 """
@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import store, tracking
+from pipeline import fsutil
 from pipeline.config import TrackingConfig
-from pipeline.spool import file_lock
-from pipeline.store import TrackingError
+from pipeline.errors import TrackingError, first_line
+from pipeline.tracking import store
+from pipeline.tracking.tracker import Tracker
 
 CHAMPION = "champion"
 PREVIOUS_TAG = "previous_champion"  # on each champion: the version it replaced, so rollback can walk back
@@ -68,7 +69,7 @@ def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - any client failure: say what was being done
-        raise TrackingError(f"{what} failed: {type(e).__name__}: {store.first_line(e)}") from e
+        raise TrackingError(f"{what} failed: {type(e).__name__}: {first_line(e)}") from e
 
 
 @contextlib.contextmanager
@@ -81,7 +82,7 @@ def champion_lock(uri: str, name: str) -> Iterator[None]:
     base = local.parent if local else Path(tempfile.gettempdir()) / "gan-pipeline-locks"
     base.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:12]
-    fd = file_lock(base / f".registry-{key}.lock", blocking=True)
+    fd = fsutil.file_lock(base / f".registry-{key}.lock", blocking=True)
     try:
         yield
     finally:
@@ -92,7 +93,7 @@ def _version_dict(mv, aliases: list[str]) -> dict:
     return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags), "aliases": aliases}
 
 
-def log_pyfunc_model(tracker: tracking.Tracker, code_path: str | Path, artifacts: dict[str, str], z_dim: int,
+def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[str, str], z_dim: int,
                      image_hwc: tuple[int, int, int], pip_requirements: list[str], name: str = "generator") -> str:
     """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI."""
     if not tracker.active:

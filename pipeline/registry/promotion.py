@@ -1,4 +1,4 @@
-"""Champion promotion in the model registry, and the `promote VERSION` / `rollback` / `show` command.
+"""Champion promotion in the model registry: the rule, and promote / rollback by hand (`gan-registry`).
 
 A version takes the `champion` alias only if its FID (Heusel et al., 2017, arXiv:1706.08500) beats the champion's,
 measured with the same feature extractor, sample count and reference data; otherwise the comparison is refused.
@@ -6,11 +6,11 @@ measured with the same feature extractor, sample count and reference data; other
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
-from pipeline import cli, model_registry
+from pipeline.errors import RegistryError
+from pipeline.registry import client as model_registry
 
 # Version tags written by the export stage and read by the rule below.
 TAG_RUN = "run_id"
@@ -30,20 +30,13 @@ METRIC_TAG_PREFIX = "eval."  # + a torch-fidelity key, e.g. eval.frechet_incepti
 METRICS = {"fid": ("frechet_inception_distance", True)}
 
 
-class RegistryError(RuntimeError):
-    """A registry request that cannot be carried out (unknown version, nothing to roll back to)."""
-
-
-cli.register_user_error(RegistryError)
-
-
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
 
 
-def _metric(tags: dict, key: str) -> float | None:
+def metric_value(tags: dict, key: str) -> float | None:
     try:
         value = float(tags[METRIC_TAG_PREFIX + key])
     except (KeyError, ValueError):
@@ -60,7 +53,7 @@ def decide(new: dict, champion: dict | None, metric: str = "fid") -> Decision:
     v_old = champion["version"]
     if v_old == v_new:
         return Decision(False, f"v{v_new} is already the champion")
-    score_new, score_old = _metric(new["tags"], key), _metric(champion["tags"], key)
+    score_new, score_old = metric_value(new["tags"], key), metric_value(champion["tags"], key)
     if score_new is None:
         return Decision(False, f"v{v_new} has no finite {key} tag (does eval.metrics include {metric}?); "
                                f"champion v{v_old} stays")
@@ -124,55 +117,3 @@ def rollback(uri: str, name: str) -> str:
         model_registry.move_champion(uri, name, previous, previous=None)
         model_registry.set_version_tags(uri, name, champion["version"], {TAG_DECISION: f"rolled back to v{previous}"})
         return f"champion of {name} rolled back from v{champion['version']} to v{previous}"
-
-
-def show(uri: str, name: str, metric: str = "fid") -> str:
-    key = METRICS[metric][0]
-    rows = [f"{'version':>7}  {'alias':9} {metric:>10}  {'extractor':24} {'samples':>7}  {'classes':>7}  decision"]
-    for v in model_registry.list_versions(uri, name):
-        score = _metric(v["tags"], key)
-        rows.append(f"{v['version']:>7}  {','.join(v['aliases']):9} {'-' if score is None else f'{score:.4g}':>10}  "
-                    f"{v['tags'].get(TAG_EXTRACTOR, '-'):24} {v['tags'].get(TAG_SAMPLES, '-'):>7}  "
-                    f"{_classes(v['tags']):>7}  {v['tags'].get(TAG_DECISION, '')}")
-    return "\n".join(rows) if len(rows) > 1 else f"{name} has no registered versions at {uri}"
-
-
-def _classes(tags: dict) -> str:
-    """`show`'s conditioning column: the class count of a conditional version, "uncond", or "-" (untagged)."""
-    if tags.get(TAG_CONDITIONAL) == "true":
-        return tags.get(TAG_NUM_CLASSES, "yes")
-    return "uncond" if tags.get(TAG_CONDITIONAL) == "false" else "-"
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = cli.parser("Inspect the model registry and move the champion alias by hand.")
-    p.add_argument("--name", help="registered model name (default: export.model_name)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri)")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("promote", help="make VERSION the champion").add_argument("version")
-    sub.add_parser("rollback", help="give the alias back to the previous champion")
-    sub.add_parser("show", help="list versions, metrics and decisions")
-    args = p.parse_args(argv)
-    uri, name, metric = _resolve(args)
-    if args.command == "promote":
-        print(promote(uri, name, args.version))
-    elif args.command == "rollback":
-        print(rollback(uri, name))
-    else:
-        print(show(uri, name, metric))
-
-
-def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
-    if args.name and args.tracking_uri:
-        return args.tracking_uri, args.name, "fid"
-    params = cli.params_from(args)
-    return args.tracking_uri or params.tracking.uri, args.name or params.export.model_name, params.export.promote_metric
-
-
-def cli_main() -> None:
-    """Console script entry point (`gan-registry`)."""
-    cli.run(main)
-
-
-if __name__ == "__main__":
-    cli_main()

@@ -18,10 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used and tracking is required."""
-
+from pipeline import fsutil
+from pipeline.errors import TrackingError, first_line
 
 SPOOL_DIR = ".tracking-spool"  # under the main repository's root
 SQLITE = "sqlite:///"
@@ -83,7 +81,7 @@ def prepare_store(uri: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.init-*"):  # left by a creation that was killed
         pid = stale.name.split(".init-", 1)[1].split("-")[0]  # .mlflow.db.init-PID, or its -journal
-        if not pid.isdigit() or not alive(int(pid)):
+        if not pid.isdigit() or not fsutil.alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -126,16 +124,6 @@ def repair_store(uri: str, error: BaseException) -> bool:
     return True
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def existing_store(uri: str) -> str:
     """`uri` resolved, refusing a local SQLite store that does not exist: commands that only read (`gan-registry
     show`, `gan-generate`) must not leave an empty store behind, as opening one with MLflow would."""
@@ -145,8 +133,3 @@ def existing_store(uri: str) -> str:
         raise TrackingError(f"no MLflow store at {path}: nothing was tracked or registered there; run the pipeline "
                             "first, or name the store with --tracking-uri or MLFLOW_TRACKING_URI")
     return uri
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else ""

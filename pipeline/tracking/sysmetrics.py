@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pipeline.store import first_line
+from pipeline.errors import first_line
 
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics (its run page's "System metrics" tab)
 

@@ -1,23 +1,17 @@
 """All experiment tracking goes through one `Tracker`: MLflow (imported lazily) and TensorBoard.
 
-Failure policy. At start, an unreachable server stops the stage within the bounded retries (`tracking.required:
-true`) or turns tracking off with a warning. After that, every MLflow call of the run goes through a durable local
-spool (pipeline.spool): the training thread never waits on the network; a server lost mid-run only delays records,
+Failure policy. Opening the run (`connect`) stops the stage on an unreachable server within bounded retries, or turns
+tracking off with a warning (`tracking.required`). After that, every MLflow call of the run goes through a durable
+local spool (`spool`): the training thread never waits on the network; a server lost mid-run only delays records,
 which are replayed in order when it answers; what is still unsent when the stage ends stays in the spool, named in
-one line, for the next stage or `gan-tracking sync`.
-
-Where the store is, and keeping a local one healthy, is pipeline.store's. A run left RUNNING by a killed process on
-this host is marked KILLED when the next stage starts.
+one line, for the next stage or `gan-tracking sync`. Where the store is, and keeping a local one healthy, is `store`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,51 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import spool as spooling
-from pipeline import store, sysmetrics
 from pipeline.config import TrackingConfig
-from pipeline.store import TrackingError
-
-TAG_HOST, TAG_PID = "pipeline.host", "pipeline.pid"  # who is writing the run (to find runs left RUNNING by a kill)
-# MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview (the tag its
-# experiment page reads; other values: genai_development, finetuning, ...).
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-STAGE_TAG = "stage.{stage}.{key}"  # the value a later run of `stage` used, where the run's param holds another
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def git_commit() -> str | None:
-    return _git("rev-parse", "HEAD")
-
-
-def source_tags() -> dict[str, str]:
-    """MLflow's standard source tags, as its own run context sets them: the entry point (`mlflow.source.name`,
-    relative to the repository), `LOCAL`, and the git commit, branch and remote where git knows them. The run page
-    shows them as "Source" and the commit."""
-    main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    root = store.repo_root()
-    name = str(main.relative_to(root)) if main and main.is_relative_to(root) else (main.name if main else "")
-    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
-    tags = {"mlflow.source.name": name or "unknown", "mlflow.source.type": "LOCAL",
-            "mlflow.source.git.commit": git_commit() or "unknown",
-            "mlflow.source.git.branch": branch if branch != "HEAD" else None,  # HEAD: detached, no branch
-            "mlflow.source.git.repoURL": _git("config", "--get", "remote.origin.url")}
-    return {k: v for k, v in tags.items() if v}
-
-
-def _bound_http(cfg: TrackingConfig) -> None:
-    """MLflow's HTTP client reads these on every request; its defaults retry for about 4 minutes."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, cfg.timeout_seconds)))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from pipeline.tracking import connect, store, sysmetrics
+from pipeline.tracking import spool as spooling
+from pipeline.tracking.connect import STAGE_TAG
 
 
 def _now_ms() -> int:
@@ -82,7 +35,7 @@ class Tracker:
     `run_id` continues an existing run (a later stage, or a resumed train stage); otherwise a new run is created.
     Either way the run is named after the DVC experiment (`DVC_EXP_NAME`) when there is one. `stage` names the
     stage that logs (see `log_params`); `system_metrics` samples the machine while the run is open (the train
-    stage: `pipeline.sysmetrics`). TensorBoard gets one subdirectory per run under `tensorboard_dir`:
+    stage: `sysmetrics`). TensorBoard gets one subdirectory per run under `tensorboard_dir`:
     `tensorboard_run` (a resumed train stage passes the one its checkpoint names), else the DVC experiment's name,
     else the MLflow run id, else a timestamp."""
 
@@ -104,7 +57,11 @@ class Tracker:
         self._tb = None
         self.tensorboard_run: str | None = None
         if cfg is not None and cfg.enabled:
-            self._connect(run_id)
+            opened = connect.open_run(cfg, self.uri, run_id, stage)
+            if opened is not None:
+                self.run_id, self.experiment_id = opened.run_id, opened.experiment_id
+                self._params, self._tags, self._system_step = opened.params, opened.tags, opened.system_step
+                self.spool = spooling.Spool(store.spool_root(), self.run_id, self.uri, opened.client)
         if system_metrics and self.spool is not None and cfg.system_metrics and sysmetrics.wanted():
             self._system = sysmetrics.SystemMetrics(self._put, cfg.system_metrics_seconds, self._system_step)
         if tensorboard_dir and (cfg is None or cfg.tensorboard):
@@ -115,95 +72,6 @@ class Tracker:
             self.tensorboard_run = tensorboard_run or os.environ.get("DVC_EXP_NAME") or self.run_id or _new_dir(
                 base, time.strftime("%Y%m%d-%H%M%S"))
             self._tb = SummaryWriter(str(base / self.tensorboard_run))
-
-    # Connection.
-    def _connect(self, run_id: str | None) -> None:
-        _bound_http(self.cfg)
-        try:
-            from mlflow.tracking import MlflowClient
-        except ImportError:
-            return self._unavailable("mlflow is not installed (pip install mlflow)")
-        for attempt in range(2):
-            try:
-                store.prepare_store(self.uri)
-                client = MlflowClient(tracking_uri=self.uri)
-                run = store.retry_locked(lambda c=client: self._open_run(c, run_id))
-                break
-            except TrackingError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any client failure means the server is unusable
-                if attempt == 0 and store.repair_store(self.uri, e):
-                    continue
-                return self._unavailable(f"cannot reach MLflow at {self.uri}: {type(e).__name__}: {store.first_line(e)}")
-        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
-        with contextlib.suppress(Exception):  # housekeeping: never a reason to fail the stage
-            self._mark_killed_runs(client)
-            for d in spooling.spool_dirs(store.spool_root(), self.uri):
-                if d.name != self.run_id and (n := spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=u))):
-                    print(f"replayed {n} tracking records that run {d.name} left in {d}", file=sys.stderr)
-        self.spool = spooling.Spool(store.spool_root(), self.run_id, self.uri, client)
-
-    def _open_run(self, client, run_id: str | None):
-        from mlflow.exceptions import MlflowException
-
-        here = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
-        exp_name = os.environ.get("DVC_EXP_NAME")
-        if run_id is not None:
-            try:
-                run = client.get_run(run_id)
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                print(f"WARNING: run {run_id} is not in {self.uri}; starting a new run", file=sys.stderr)
-            else:
-                self._params, self._tags = dict(run.data.params), dict(run.data.tags)
-                steps = [m.step for m in getattr(run.data, "_metric_objs", []) if m.key.startswith(sysmetrics.SYSTEM_PREFIX)]
-                self._system_step = max(steps, default=-1) + 1
-                # A later stage re-run in another DVC experiment (train cached): the run takes that name.
-                rename = exp_name if exp_name and exp_name != run.info.run_name else None
-                client.update_run(run_id, status="RUNNING", name=rename)
-                commit = git_commit() or "unknown"
-                if commit != self._tags.get("mlflow.source.git.commit"):
-                    here[STAGE_TAG.format(stage=self.stage, key="git.commit")] = commit
-                for k, v in {**here, **({"dvc.exp_name": exp_name} if exp_name else {})}.items():
-                    client.set_tag(run_id, k, v)
-                self._experiment(client, run.info.experiment_id)
-                return run
-        exp_id = self._experiment(client)
-        tags = {**source_tags(), **here}
-        if exp_name:
-            tags["dvc.exp_name"] = exp_name
-        return client.create_run(exp_id, tags=tags, run_name=exp_name)
-
-    def _experiment(self, client, exp_id: str | None = None) -> str:
-        """The experiment's id (created if needed), tagged as a model-training experiment (EXPERIMENT_KIND)."""
-        exp = client.get_experiment(exp_id) if exp_id else client.get_experiment_by_name(self.cfg.experiment)
-        if exp is None:
-            local = store.sqlite_file(self.uri)  # artifacts next to a local store, not in the working directory
-            return client.create_experiment(
-                self.cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None,
-                tags=EXPERIMENT_KIND)
-        for k, v in EXPERIMENT_KIND.items():
-            if exp.tags.get(k) != v:  # an experiment created before: the UI opens it on its runs too
-                client.set_experiment_tag(exp.experiment_id, k, v)
-        return exp.experiment_id
-
-    def _mark_killed_runs(self, client) -> None:
-        """Runs of this experiment left RUNNING by a process of this host that no longer exists -> KILLED."""
-        host = socket.gethostname()
-        for r in client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=500):
-            pid = r.data.tags.get(TAG_PID, "")
-            if (r.info.run_id != self.run_id and r.data.tags.get(TAG_HOST) == host and pid.isdigit()
-                    and not store.alive(int(pid))):
-                client.set_terminated(r.info.run_id, "KILLED")
-                print(f"marked run {r.info.run_id} KILLED: its process {pid} ended without closing it",
-                      file=sys.stderr)
-
-    def _unavailable(self, why: str) -> None:
-        if self.cfg.required:
-            raise TrackingError(f"{why}. Start the server, fix tracking.uri, or set tracking.required: false "
-                                "to train without MLflow.")
-        print(f"WARNING: {why}; tracking.required is false, so this run is NOT tracked in MLflow.", file=sys.stderr)
 
     @property
     def active(self) -> bool:
@@ -371,47 +239,3 @@ def _new_dir(base: Path, name: str) -> str:
         n += 1
         candidate = f"{name}-{n}"
     return candidate
-
-
-# `gan-tracking sync`: upload spools left by stages that ended while the server was away.
-
-
-def sync(spool: Path | None = None, uri: str | None = None) -> list[str]:
-    """Replay every run spool under `spool` (default: the main repository's); one line per run."""
-    from mlflow.tracking import MlflowClient
-
-    root = Path(spool) if spool else store.spool_root()
-    lines = []
-    for d in spooling.spool_dirs(root):
-        try:
-            n = spooling.sync_dir(d, lambda u: MlflowClient(tracking_uri=store.resolve_uri(u)), uri)
-        except Exception as e:  # noqa: BLE001 - the server is still away: say so, keep the spool
-            raise TrackingError(f"run {d.name}: MLflow did not take its records ({type(e).__name__}: "
-                                f"{store.first_line(e)}); they stay in {d}, run gan-tracking sync again later") from None
-        lines.append(f"run {d.name}: a running stage holds this spool; it sends the records itself" if n is None
-                     else f"run {d.name}: uploaded {n} records")
-    return lines or [f"nothing to upload: no spool under {root}"]
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="gan-tracking", description="Tracking chores.")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sync", help="upload the tracking records that stages kept while MLflow was away")
-    s.add_argument("--spool", type=Path, default=None, help=f"spool directory (default: <repo>/{store.SPOOL_DIR})")
-    s.add_argument("--uri", default=None, help="send to this tracking URI instead of the one each spool records")
-    args = p.parse_args(argv)
-    for line in sync(args.spool, args.uri):
-        print(line)
-
-
-def cli_main() -> None:
-    """Console script entry point (`gan-tracking`)."""
-    from pipeline import cli
-
-    cli.run(main)
-
-
-if __name__ == "__main__":
-    cli_main()

@@ -1,5 +1,4 @@
-"""Crash-safe training checkpoints (Accelerate `save_state` + EMA + loop state), one directory per fingerprint, and
-safetensors generator files.
+"""Crash-safe training checkpoints (Accelerate `save_state` + EMA + loop state), one directory per fingerprint.
 
 Layout: `<root>/<fingerprint>/step-NNNNNNN/`, with `<root>/<fingerprint>/latest` naming the newest complete one, so
 switching between experiments (fingerprints of data/model/train params) and back resumes each. A checkpoint is
@@ -19,72 +18,23 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-from pipeline.nets import NetConfig, make_generator
-from pipeline.store import first_line
+from pipeline import fsutil
+from pipeline.errors import WeightsError, first_line
+from pipeline.nets.weights import load_weights
+from pipeline.training.ema import EMA
 
 MAX_FINGERPRINTS = 4  # fingerprint dirs kept under a checkpoints root, the one in use included
 LAST_USED = "last-used"  # marker in each fingerprint dir: its mtime (set explicitly, in ns) is the last use
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 _STEP = re.compile(r"step-\d{7}")
-_GONE = ".old"  # suffix of a dir renamed away for deletion; `.tmp` marks one still being written
-
-
-class WeightsError(RuntimeError):
-    """A weights file is missing, truncated, tampered with or does not fit its config."""
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(top: Path) -> None:
-    """Every file under `top`, then every directory (bottom-up), so a power loss after a rename finds them whole."""
-    for dirpath, _, names in os.walk(top, topdown=False):
-        for name in names:
-            _fsync(Path(dirpath) / name)
-        _fsync(Path(dirpath))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
-def _discard(path: Path) -> None:
-    """Delete a directory without ever leaving a partial one under its name: rename it away, then remove it."""
-    if not path.exists():
-        return
-    gone = path if path.name.endswith((".tmp", _GONE)) else path.with_name(path.name + _GONE)
-    if gone != path:
-        shutil.rmtree(gone, ignore_errors=True)
-        os.replace(path, gone)
-    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _sweep(directory: Path) -> None:
     """Remove what an interrupted write or delete left in `directory` (`*.tmp`, `*.old`)."""
     for p in directory.glob("*"):
-        if p.name.endswith((".tmp", _GONE)) and p.is_dir():
+        if p.name.endswith((".tmp", fsutil.GONE)) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
-        elif p.name.endswith((".tmp", _GONE)):
+        elif p.name.endswith((".tmp", fsutil.GONE)):
             p.unlink(missing_ok=True)
 
 
@@ -146,8 +96,8 @@ def _migrate_flat(root: Path) -> None:
     for home in _fingerprint_dirs(root):
         steps = _steps(home)
         if steps and latest_checkpoint(root, home.name) is None:
-            _atomic_write_text(home / "latest", steps[-1].name + "\n")
-    _fsync(root)
+            fsutil.atomic_write_text(home / "latest", steps[-1].name + "\n")
+    fsutil.fsync(root)
     pointer.unlink(missing_ok=True)
 
 
@@ -170,7 +120,7 @@ def _evict(root: Path, current: str) -> None:
     others = [p for p in _fingerprint_dirs(root) if p.name != current]
     empty = [p for p in others if not _steps(p)]
     for home in empty + [p for p in others if p not in empty][MAX_FINGERPRINTS - 1:]:
-        _discard(home)
+        fsutil.discard(home)
 
 
 def _as_os_error(e: Exception, path: Path) -> OSError | None:
@@ -193,7 +143,7 @@ def _as_os_error(e: Exception, path: Path) -> OSError | None:
     return None
 
 
-def save_checkpoint(accelerator, root: str | Path, fingerprint: str, step: int, ema: nn.Module, loop_state: dict,
+def save_checkpoint(accelerator, root: str | Path, fingerprint: str, step: int, ema: EMA, loop_state: dict,
                     keep: int, files: dict[str, Path] | None = None) -> Path:
     """Collective: every process calls this. Writes `<root>/<fingerprint>/step-N/`, points `latest` at it, keeps the
     `keep` newest steps of this fingerprint and evicts fingerprints beyond MAX_FINGERPRINTS. `files` (name -> path)
@@ -212,12 +162,12 @@ def save_checkpoint(accelerator, root: str | Path, fingerprint: str, step: int, 
         accelerator.save_state(str(tmp))  # models (safetensors), optimizers, RNG states per process
         accelerator.wait_for_everyone()
         if main:
-            save_file(_state(ema), str(tmp / "ema.safetensors"))
+            ema.save(tmp / "ema.safetensors")
             (tmp / "loop.json").write_text(json.dumps({"step": step, **loop_state}) + "\n")
             for name, src in (files or {}).items():
                 if Path(src).exists():
                     shutil.copy2(src, tmp / name)
-            _fsync_tree(tmp)
+            fsutil.fsync_tree(tmp)
     except Exception as e:
         cause = e if isinstance(e, OSError) or not main else _as_os_error(e, tmp)
         if main:
@@ -226,13 +176,13 @@ def save_checkpoint(accelerator, root: str | Path, fingerprint: str, step: int, 
             raise
         raise cause from e
     if main:
-        _discard(final)  # a complete step-N that `latest` never named (a crash between rename and swap)
+        fsutil.discard(final)  # a complete step-N that `latest` never named (a crash between rename and swap)
         os.replace(tmp, final)
-        _fsync(home)
-        _atomic_write_text(home / "latest", final.name + "\n")
+        fsutil.fsync(home)
+        fsutil.atomic_write_text(home / "latest", final.name + "\n")
         _mark_used(home)
         for old in _steps(home)[:-keep]:  # `final` sorts last, so it is always kept
-            _discard(old)
+            fsutil.discard(old)
         _evict(root, fingerprint)
     accelerator.wait_for_everyone()
     return final
@@ -255,11 +205,11 @@ def latest_checkpoint(root: str | Path, fingerprint: str | None = None) -> Path 
     return path if _STEP.fullmatch(name) and (path / "loop.json").exists() else None
 
 
-def load_checkpoint(accelerator, path: str | Path, ema: nn.Module) -> dict:
+def load_checkpoint(accelerator, path: str | Path, ema: EMA) -> dict:
     """Restore models, optimizers and RNG through Accelerate, and the EMA; return the loop state."""
     path = Path(path)
     accelerator.load_state(str(path))
-    ema.load_state_dict(load_weights(path / "ema.safetensors"))
+    ema.load(path / "ema.safetensors")
     return json.loads((path / "loop.json").read_text())
 
 
@@ -285,58 +235,3 @@ def verify_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "step" not in state:
         raise WeightsError(f"checkpoint {path} has no step in loop.json")
     return state
-
-
-def _state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {path}: not a valid safetensors file, truncated or tampered ({e})") from None
-
-
-def save_generator(generator: nn.Module, weights_path: str | Path, config_path: str | Path | None,
-                   net_cfg: NetConfig, extra: dict | None = None) -> None:
-    """Generator weights as safetensors; its architecture (and provenance) as JSON."""
-    Path(weights_path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(_state(generator), str(weights_path), metadata={"format": "pt"})
-    if config_path is not None:
-        cfg = {"net": net_cfg.to_dict(), **(extra or {})}
-        Path(config_path).write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-# The train stage's generator files by role (eval.weights / export.weights), all described by one generator.json.
-GENERATOR_FILES = {"ema": "generator_ema.safetensors", "last": "generator.safetensors",
-                   "best": "generator_best.safetensors"}
-GENERATOR_CONFIG = "generator.json"
-
-
-def load_trained_generator(models: str | Path, weights: str) -> tuple[nn.Module, dict]:
-    """The train stage's `weights` generator (ema | last | best) from `models`, in eval mode, with its config."""
-    path = Path(models) / GENERATOR_FILES[weights]
-    if not path.exists():
-        hint = ("train writes it only when train.fid_every_steps > 0" if weights == "best"
-                else "run the train stage first (dvc repro train)")
-        raise WeightsError(f"weights={weights}: generator file {path} not found; {hint}")
-    return load_generator(path, Path(models) / GENERATOR_CONFIG)
-
-
-def load_generator(weights_path: str | Path, config_path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild G from its JSON config and load its safetensors weights, in eval mode on the CPU."""
-    config_path = Path(config_path)
-    if not config_path.exists():
-        raise WeightsError(f"generator config not found: {config_path}; run the train stage first")
-    cfg = json.loads(config_path.read_text())
-    g = make_generator(NetConfig.from_dict(cfg["net"]))
-    try:
-        g.load_state_dict(load_weights(weights_path))
-    except RuntimeError as e:
-        raise WeightsError(f"{weights_path} does not fit the generator in {config_path}: {first_line(e)}") from None
-    return g.eval(), cfg
-

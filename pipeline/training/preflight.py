@@ -9,16 +9,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline.config import Params
+from pipeline.errors import MetricsError, PreflightError
 
-DONE_ENV = "PIPELINE_PREFLIGHT_DONE"  # set by pipeline.launch for the stage it starts: the checks ran already
+DONE_ENV = "PIPELINE_PREFLIGHT_DONE"  # set by pipeline.commands.launch for the stage it starts: the checks ran already
 # The URI schemes MLflow has a model-registry store for (mlflow.tracking._model_registry.utils); a database URI's
 # "+driver" suffix is dropped first.
 REGISTRY_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
                     "databricks-uc", "uc")
-
-
-class PreflightError(RuntimeError):
-    """A later stage would fail on these params; the message says what to change."""
 
 
 def check(params: Params, prepared_dir: str | Path | None, classifier_dir: str | Path | None = None) -> None:
@@ -35,19 +32,19 @@ def check(params: Params, prepared_dir: str | Path | None, classifier_dir: str |
         return
     if importlib.util.find_spec("torch_fidelity") is None:  # a training-only machine: evaluate runs elsewhere
         return
-    from pipeline import classifier, metrics  # imports torch-fidelity: only when there is data to check
-    from pipeline.data import read_meta
+    from pipeline.data import read_meta  # below: torch-fidelity, imported only when there is data to check
+    from pipeline.evaluation import classifier, resolve, scorer
 
     ec, meta = params.eval, read_meta(prepared_dir)
     info = classifier.read_info(classifier_dir) if classifier_dir is not None else None
     trained = info is not None and info.get("data_hash") == meta["hash"]
     try:
         scored = ec.metrics
-        if trained or metrics.extractor_kind(ec, meta) != "classifier":
-            scored, _ = metrics.scored_metrics(ec.metrics, metrics.resolve_extractor(ec, meta, classifier_dir))
-            metrics.check_count(ec, scored, ec.num_samples, "the generated set")
-        metrics.check_count(ec, scored, meta["count"]["ref"], "the reference split", generated=False)
-    except metrics.MetricsError as e:  # evaluate's own check and message, one class for the train stage to report
+        if trained or resolve.extractor_kind(ec, meta) != "classifier":
+            scored, _ = scorer.scored_metrics(ec.metrics, resolve.resolve_extractor(ec, meta, classifier_dir))
+            scorer.check_count(ec, scored, ec.num_samples, "the generated set")
+        scorer.check_count(ec, scored, meta["count"]["ref"], "the reference split", generated=False)
+    except MetricsError as e:  # evaluate's own check and message, one class for the train stage to report
         raise PreflightError(f"{e} (found before training: the evaluate stage would fail on it)") from None
 
 
@@ -59,7 +56,7 @@ def check_registry_uri(uri: str) -> None:
         raise PreflightError(f"tracking.uri={uri}: MLflow has no model registry for {scheme}: URIs, and export "
                              "registers the model there; use sqlite:///mlflow.db, a database URI or an http(s) server")
     if scheme == "sqlite" and uri.startswith("sqlite:///"):  # sqlite:// alone is in memory
-        from pipeline.store import resolve_uri  # a relative path is the main repository's
+        from pipeline.tracking.store import resolve_uri  # a relative path is the main repository's
 
         path = Path(resolve_uri(uri)[len("sqlite:///"):].split("?")[0])
         if not path.parent.is_dir():

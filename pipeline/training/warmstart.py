@@ -20,9 +20,11 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline.checkpoint import GENERATOR_CONFIG, load_weights
-from pipeline.config import ParamsError
+from pipeline.errors import ParamsError, first_line
 from pipeline.nets import NetConfig
+from pipeline.nets.weights import GENERATOR_CONFIG, load_weights
+from pipeline.registry import client as model_registry
+from pipeline.tracking.store import resolve_uri
 
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 # What must match between the source generator and this run's G for its weights to load.
@@ -47,9 +49,6 @@ def _from_registry(init_from: str, tracking_uri: str, dest: Path) -> tuple[Path,
     """Download export/ of the model version's run; return (its safetensors file, a description)."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pipeline import model_registry
-    from pipeline.store import first_line, resolve_uri
 
     m = _MODELS_URI.match(init_from)
     if m is None:
@@ -102,5 +101,5 @@ def load_into(warm: WarmStart, G: nn.Module, D: nn.Module) -> None:
     try:
         D.load_state_dict(load_weights(warm.discriminator))
     except RuntimeError as e:
-        print(f"WARNING: {warm.discriminator} does not fit this run's D ({str(e).splitlines()[0][:120]}); D starts "
+        print(f"WARNING: {warm.discriminator} does not fit this run's D ({first_line(e, 120)}); D starts "
               "from random weights", file=sys.stderr)

@@ -1,0 +1,99 @@
+"""The DCGAN G and D for 16-128 px (Radford et al., 2015, arXiv:1511.06434).
+
+At 64 px with z_dim=100 and 64 channels, unconditional, these are exactly the pytorch/examples `dcgan` networks. The
+discriminator adds optional Dropout, spectral norm (Miyato et al., 2018) and a choice of normalisation for
+gradient-penalty critics. A conditional G takes a class embedding next to z, or conditional BatchNorm
+(`model.g_conditioning`); a conditional D adds the projection head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.nets.common import (
+    ClassEmbedding,
+    CondBatchNorm,
+    NetConfig,
+    ProjectionHead,
+    g_norm,
+    n_doublings,
+    norm_layers,
+    raw_weight,
+    require_labels,
+    spectral_norm_fn,
+)
+
+
+def dcgan_init(m: nn.Module) -> None:
+    """The DCGAN paper's init: N(0, 0.02) convs, N(1, 0.02) norm scales."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(raw_weight(m), 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) [, labels (B,)] -> image (B, C, S, S) in [-1, 1]. Conditional, "cbn": every BatchNorm takes its
+    scale and shift from the class; "concat": a class embedding enters the first layer next to z."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = n_doublings(cfg.image_size)
+        ch = cfg.g_channels * 2 ** (n - 1)
+        concat = bool(cfg.num_classes) and cfg.g_conditioning == "concat"
+        self.embed = ClassEmbedding(cfg.num_classes, cfg.z_dim) if concat else None
+        k = 0 if concat else cfg.num_classes
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.z_dim * (2 if concat else 1), ch, 4, 1, 0, bias=False),  # (B, ch, 4, 4)
+            g_norm(ch, k),
+            nn.ReLU(True),
+        ]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), g_norm(ch // 2, k), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.cfg.num_classes:
+            return self.main(z.view(z.shape[0], -1, 1, 1))
+        labels = require_labels(self.cfg, labels)
+        if self.embed is not None:
+            return self.main(torch.cat([z, self.embed(labels)], dim=1).view(z.shape[0], -1, 1, 1))
+        h = z.view(z.shape[0], -1, 1, 1)
+        for layer in self.main:
+            h = layer(h, labels) if isinstance(layer, CondBatchNorm) else layer(h)
+        return h
+
+
+class Discriminator(nn.Module):
+    """image (B, C, S, S) [, labels (B,)] -> logit (B,). No sigmoid: the losses take raw scores. Conditional: plus
+    the projection term on the sum-pooled last features."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        sn = spectral_norm_fn(cfg.spectral_norm)
+        drop = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
+        n = n_doublings(cfg.image_size)
+        ch = cfg.d_channels
+        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels, ch, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
+        for _ in range(n - 1):
+            layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)), *norm_layers(cfg.d_norm, ch * 2),
+                       nn.LeakyReLU(0.2, True), *drop]
+            ch *= 2
+        self.main = nn.Sequential(*layers)  # (B, ch, 4, 4)
+        self.out = sn(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))  # (B, 1, 1, 1)
+        self.apply(dcgan_init)
+        self.project = ProjectionHead(cfg.num_classes, ch, sn) if cfg.num_classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.main(x)
+        score = self.out(h).flatten()
+        return score if self.project is None else score + self.project(h.sum(dim=(2, 3)), labels)

@@ -1,0 +1,55 @@
+"""What a training run is built from: the class count resolved against the prepared data, the fingerprint a
+checkpoint must match to be resumed, the Accelerator (Hugging Face Accelerate), and the step the params ask for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pipeline import cores
+from pipeline.config import Params
+from pipeline.errors import DataError
+from pipeline.training.cuda_graph import GraphedStep
+from pipeline.training.step import GANStep
+
+
+def num_classes(params: Params, meta: dict) -> int:
+    """model.conditional resolved against the prepared data: the class count, or 0 for an unconditional GAN."""
+    if params.model.conditional == "false":
+        return 0
+    if not meta.get("labelled"):
+        if params.model.conditional == "true":
+            raise DataError("model.conditional is true but the prepared data has no labels (an image folder needs "
+                            "one subfolder per class); set model.conditional: auto or false")
+        return 0
+    return len(meta["classes"])
+
+
+# Train params that change neither the weights nor the optimiser state: a checkpoint resumes across them.
+SCHEDULE_ONLY = ("steps", "log_every_steps", "sample_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                 "fid_every_steps", "cuda_graphs")
+
+
+def fingerprint(params: Params, data_hash: str, init_sha256: str | None = None) -> str:
+    """What a checkpoint must match to be resumed: data, model, the train params that shape the trajectory, and the
+    weights train.init_from started from (an alias that moved is another experiment)."""
+    train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
+    blob = json.dumps({"data": data_hash, "model": params.to_dict()["model"], "train": train,
+                       **({"init": init_sha256} if init_sha256 else {})}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_accelerator(params: Params):
+    from accelerate import Accelerator
+
+    tc = params.train
+    acc = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum_steps)
+    cores.use_cpu_cores(acc, tc.cpu_threads)
+    return acc
+
+
+def make_step(params: Params, acc, *args, **kwargs) -> GANStep:
+    """The training step the params ask for: replayed as CUDA graphs (train.cuda_graphs), or eager. Arguments as
+    `GANStep`'s."""
+    return (GraphedStep if params.train.cuda_graphs else GANStep)(params, acc, *args, **kwargs)
