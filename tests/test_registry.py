@@ -32,6 +32,7 @@ from pipeline.export import stage as export
 from pipeline.nets.sampling import to_uint8
 from pipeline.registry import client as model_registry
 from pipeline.registry import promotion as registry
+from pipeline.tracking import store
 
 NAME = "tiny-gan"
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_first_model_is_promoted_even_without_fid():
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     g = save_models(root / "models")
-    params = params_for(root, onnx=True, model_name=NAME)
+    params = params_for(root, onnx=True, model_name=NAME, max_batch=8)  # small, so the serving test can exceed it
     (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
     ns = SimpleNamespace(root=root, g=g, params=params, uri=params.tracking.uri)
     ns.record, ns.out = run_stage(ns, fid=50.0, out="export1")
@@ -202,3 +203,44 @@ def test_serve_answers_a_rest_request(env, tmp_path):
         assert np.array_equal(images.astype(np.uint8), _expected(env.g, z))  # JSON carries the ints exactly
         status, answer = post_json(f"{url}/invocations", {"inputs": z.tolist(), "params": {"labels": [0, 1]}})
         assert status == 400 and "unconditional: it takes no labels, got 2" in answer["message"]
+        # What would crash or swamp the server is refused with a 400 that says why, and the server stays up.
+        big = generate.latents(9, NET.z_dim, seed=4).numpy()
+        status, answer = post_json(f"{url}/invocations", {"inputs": big.tolist()})
+        assert status == 400 and "at most 8 latents (export.max_batch), got 9" in answer["message"], answer
+        nan = z.copy()
+        nan[1, 3] = np.nan
+        status, answer = post_json(f"{url}/invocations", {"inputs": nan.tolist()})
+        assert status == 400 and "finite" in answer["message"] and "row 1" in answer["message"], answer
+        status, answer = post_json(f"{url}/invocations", {"inputs": [["a"] * NET.z_dim] * 2})
+        assert status == 400, answer  # wrong dtype: MLflow's schema check or ours, never a 500
+        status, answer = post_json(f"{url}/invocations", {"inputs": z.tolist()})
+        assert status == 200 and np.array_equal(np.asarray(answer["predictions"]).astype(np.uint8), _expected(env.g, z))
+
+
+def _versions(uri: str, name: str, fids: list[float]) -> list[str]:
+    """Registered versions of `name` carrying comparable eval tags and these FIDs, each a rule-promoted candidate."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(name)
+    out = []
+    for fid in fids:
+        tags = {**_tags(fid), registry.TAG_CANDIDATE: "true"}
+        out.append(str(client.create_model_version(name, "file:///nowhere", tags=tags).version))
+    return out
+
+
+def test_settle_moves_a_stale_writers_alias_to_the_best_candidate(tmp_path):
+    """Two exports both beat the old champion; the slower one, deciding on what it read before, moves the alias to
+    the worse model. Its settle round puts the alias on the best candidate, and a choice by hand then stands."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store.prepare_store(uri)
+    best, worse, third = _versions(uri, "race", [1.0, 2.0, 1.5])
+    model_registry.move_champion(uri, "race", worse, previous=None)  # the stale write landed last
+    assert registry.settle(uri, "race") == best
+    assert model_registry.model_version(uri, "race")["version"] == best
+    assert registry.settle(uri, "race") == best  # settled: a second round moves nothing
+    registry.promote(uri, "race", third)  # by hand: the rule's earlier winners stop being candidates
+    assert registry.settle(uri, "race") == third
+    assert [v["tags"].get(registry.TAG_CANDIDATE) for v in model_registry.list_versions(uri, "race")] == [
+        None, None, "true"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.commands import runner
 from pipeline.errors import TrackingError, first_line
-from pipeline.tracking import replay, store
+from pipeline.tracking import auth, replay, store
 
 
 def sync(spool: Path | None = None, uri: str | None = None) -> list[str]:
@@ -19,9 +19,11 @@ def sync(spool: Path | None = None, uri: str | None = None) -> list[str]:
     for d in replay.spool_dirs(root):
         try:
             n = replay.sync_dir(d, lambda u: MlflowClient(tracking_uri=store.resolve_uri(u)), uri)
-        except Exception as e:  # noqa: BLE001 - the server is still away: say so, keep the spool
-            raise TrackingError(f"run {d.name}: MLflow did not take its records ({type(e).__name__}: "
-                                f"{first_line(e)}); they stay in {d}, run gan-tracking sync again later") from None
+        except Exception as e:  # noqa: BLE001 - the server is still away, or refuses this user: keep the spool
+            why = auth.refusal(e, uri or "the spool's server", f"the records of run {d.name}",
+                               "EDIT on the run's experiment") or f"{type(e).__name__}: {first_line(e)}"
+            raise TrackingError(f"run {d.name}: MLflow did not take its records ({why}); they stay in {d}, run "
+                                "gan-tracking sync again later") from None
         lines.append(f"run {d.name}: a running stage holds this spool; it sends the records itself" if n is None
                      else f"run {d.name}: uploaded {n} records")
     return lines or [f"nothing to upload: no spool under {root}"]

@@ -14,6 +14,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import yaml12
 from pipeline.config.schema import Params
@@ -119,11 +120,35 @@ def _check_combinations(p: Params) -> None:
             f"params.yaml: train.batch_size must be divisible by train.grad_accum_steps "
             f"({p.train.grad_accum_steps}), got {p.train.batch_size}"
         )
+    if (problem := userinfo_problem(p.tracking.uri)) is not None:
+        raise ParamsError(f"params.yaml: tracking.uri {problem}")
     if p.eval.kid_subset_size > p.eval.num_samples:
         raise ParamsError(
             f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({p.eval.num_samples}), "
             f"got {p.eval.kid_subset_size}"
         )
+
+
+CREDENTIALS_HELP = ("give them as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or in ~/.mlflow/credentials "
+                    "([mlflow] mlflow_tracking_username, mlflow_tracking_password)")
+
+
+def without_userinfo(uri: str) -> str:
+    """`uri` with any user:password@ removed: safe to print or keep."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def userinfo_problem(uri: str) -> str | None:
+    """Why a tracking URI may not be used: it carries credentials (http://user:password@host), which would be kept
+    in params.yaml, git, dvc.lock, DVC's caches and the run's params. None when it carries none."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return None
+    return (f"must not carry credentials ({parts.scheme}://USER:PASSWORD@...: they would be kept in git, dvc.lock "
+            f"and MLflow); use {without_userinfo(uri)} and {CREDENTIALS_HELP}")
 
 
 def _load_yaml(text: str, what: str) -> Any:

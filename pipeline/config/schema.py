@@ -135,6 +135,8 @@ class ExportConfig:
     onnx: bool = spec(True)
     promote_metric: str = spec("fid", choices=("fid",))
     weights: str = spec("ema", choices=("ema", "last", "best"), doc="which generator to ship; must equal eval.weights")
+    max_batch: int = spec(4096, ge=1, le=MAX_SAMPLES, doc="the most latents one request to the served pyfunc may "
+                          "hold; more is refused (HTTP 400 under `mlflow models serve`)")
 
 
 @dataclass(frozen=True)

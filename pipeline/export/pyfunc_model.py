@@ -27,6 +27,7 @@ _PT2_ALLOWED = re.compile(
     r"|data/sample_inputs/model\.pt|extra/[\w.\-]+)"
 )
 CHUNK = 512  # latents per forward pass: bounds memory for large requests
+DEFAULT_MAX_BATCH = 4096  # export.max_batch's default: the most latents one served request may hold
 
 
 class UnsafeArchiveError(ValueError):
@@ -84,11 +85,22 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return q.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def as_latents(latents: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, z_dim) float32, N >= 1, or ValueError naming the shape."""
-    z = torch.as_tensor(np.asarray(latents, dtype=np.float32))
-    if z.ndim != 2 or z.shape[0] == 0:
-        raise ValueError(f"latents must be a float32 array (N, z_dim) with N >= 1, got shape {tuple(z.shape)}")
+def as_latents(latents: np.ndarray | torch.Tensor, max_batch: int | None = None) -> torch.Tensor:
+    """(N, z_dim) finite float32, 1 <= N <= `max_batch`, or ValueError naming the problem. The size is checked
+    before any conversion, so an oversized request costs no copy."""
+    shape = tuple(np.shape(latents))
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"latents must be a float32 array (N, z_dim) with N >= 1, got shape {shape}")
+    if max_batch is not None and shape[0] > max_batch:
+        raise ValueError(f"a request may hold at most {max_batch} latents (export.max_batch), got {shape[0]}; "
+                         "split it into several requests")
+    try:
+        z = torch.as_tensor(np.asarray(latents, dtype=np.float32))
+    except (TypeError, ValueError):
+        raise ValueError(f"latents must be numbers, got {np.asarray(latents).dtype} values") from None
+    if not torch.isfinite(z).all():
+        bad = int((~torch.isfinite(z)).any(dim=1).nonzero()[0, 0])
+        raise ValueError(f"latents must be finite, got NaN or inf in row {bad}")
     return z
 
 
@@ -159,12 +171,14 @@ if "mlflow" in sys.modules:  # MLflow is executing this file as the model's code
         def load_context(self, context) -> None:
             self.module = load_pt2(context.artifacts["generator"])
             self.num_classes = read_num_classes(context.artifacts["config"])
+            # export.max_batch, logged as the model's config; a model logged before it existed gets the default.
+            self.max_batch = int((getattr(context, "model_config", None) or {}).get("max_batch", DEFAULT_MAX_BATCH))
 
         # np.ndarray is a hint MLflow accepts without inferring a schema; the logged signature is the schema.
         def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
             params = params or {}
             try:
-                z = as_latents(model_input)
+                z = as_latents(model_input, self.max_batch)
                 labels = labels_for(len(z), self.num_classes, params.get("labels"), params.get("seed"))
                 return generate_images(self.module, z, labels)
             except ValueError as e:

@@ -118,8 +118,9 @@ def register(params: Params, paths: ExportPaths, files: dict[str, Path], config:
         tracker.log_section_params(params, "export")  # model_name resolved
         net = NetConfig.from_dict(config["net"])
         artifacts = {"generator": str(files["pt2"]), "config": str(files["config"])}
-        model_uri = model_registry.log_pyfunc_model(tracker, pyfunc_model.__file__, artifacts, net.z_dim,
-                                              (net.image_size, net.image_size, net.channels), pip_requirements())
+        model_uri = model_registry.log_pyfunc_model(
+            tracker, pyfunc_model.__file__, artifacts, net.z_dim, (net.image_size, net.image_size, net.channels),
+            pip_requirements(), model_config={"max_batch": params.export.max_batch})
         for name in ("safetensors", "config", "onnx"):  # safetensors + config: what train.init_from fetches
             if name in files:
                 tracker.log_artifact(files[name], "export")

@@ -1,5 +1,5 @@
 """Every call into MLflow's model registry: log the generator as a pyfunc, register versions, read them, move the
-champion alias (under a lock), load a model. The rule that decides promotion is pure and lives in `promotion`.
+champion alias, load a model. The rule that decides promotion is pure and lives in `promotion`.
 These functions take the tracking URI explicitly and raise TrackingError on failure: the export stage exists to
 register, so a failure there must stop it rather than be logged and skipped.
 """
@@ -7,19 +7,16 @@ register, so a failure there must stop it rather than be logged and skipped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import fsutil
 from pipeline.config import TrackingConfig
 from pipeline.errors import TrackingError, first_line
-from pipeline.tracking import store
+from pipeline.tracking import auth, store
 from pipeline.tracking.tracker import Tracker
 
 CHAMPION = "champion"
@@ -59,34 +56,19 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _registry_call(what: str, uri: str | None, fn: Callable[[Any], Any]) -> Any:
-    """`fn(client)` with a client of `uri` (None: no client; a local store must exist), SQLite's lock retried
-    (opening the store reads it too); any other client failure becomes a TrackingError saying what failed."""
-    if uri:
+def _registry_call(what: str, uri: str, fn: Callable[[Any], Any], needs: str, client: bool = True) -> Any:
+    """`fn(client)` with a client of `uri` (`client=False`: `fn(None)`, for the fluent calls, which bind `uri`
+    themselves; a local store must exist otherwise), SQLite's lock retried (opening the store reads it too). A 401 or
+    403 becomes a TrackingError naming the permission `needs`; any other failure one saying what failed."""
+    if client:
         store.existing_store(uri)
     try:
-        return store.retry_locked(lambda: fn(_client(uri) if uri else None))
+        return store.retry_locked(lambda: fn(_client(uri) if client else None))
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - any client failure: say what was being done
-        raise TrackingError(f"{what} failed: {type(e).__name__}: {first_line(e)}") from e
-
-
-@contextlib.contextmanager
-def champion_lock(uri: str, name: str) -> Iterator[None]:
-    """Serialise read-champion / decide / move-alias among the experiments of this machine (`dvc queue start -j N`
-    finishing together), so the alias ends on the best version whatever order they finish in. The lock file lives
-    next to a local store, else in a machine-wide directory (machines sharing a server are not serialised)."""
-    uri = store.resolve_uri(uri)
-    local = store.sqlite_file(uri)
-    base = local.parent if local else Path(tempfile.gettempdir()) / "gan-pipeline-locks"
-    base.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:12]
-    fd = fsutil.file_lock(base / f".registry-{key}.lock", blocking=True)
-    try:
-        yield
-    finally:
-        os.close(fd)
+        refusal = auth.refusal(e, uri, what, needs)
+        raise TrackingError(refusal or f"{what} failed: {type(e).__name__}: {first_line(e)}") from None
 
 
 def _version_dict(mv, aliases: list[str]) -> dict:
@@ -94,8 +76,10 @@ def _version_dict(mv, aliases: list[str]) -> dict:
 
 
 def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[str, str], z_dim: int,
-                     image_hwc: tuple[int, int, int], pip_requirements: list[str], name: str = "generator") -> str:
-    """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI."""
+                     image_hwc: tuple[int, int, int], pip_requirements: list[str], name: str = "generator",
+                     model_config: dict | None = None) -> str:
+    """Log the generator as a models-from-code pyfunc into the tracker's run; return its model URI. `model_config`
+    reaches the model's `load_context` (the served batch limit)."""
     if not tracker.active:
         raise TrackingError("cannot log the model: this stage has no MLflow run (tracking is off)")
     from mlflow.models.signature import ModelSignature
@@ -116,9 +100,10 @@ def log_pyfunc_model(tracker: Tracker, code_path: str | Path, artifacts: dict[st
         with _fluent(tracker.uri) as mlflow, mlflow.start_run(run_id=tracker.run_id):
             return mlflow.pyfunc.log_model(name=name, python_model=str(code_path), artifacts=artifacts,
                                            signature=signature, input_example=example,
-                                           pip_requirements=pip_requirements)
+                                           pip_requirements=pip_requirements, model_config=model_config)
 
-    return _registry_call("logging the pyfunc model", None, log).model_uri
+    return _registry_call(f"logging the pyfunc model into run {tracker.run_id}", tracker.uri, log,
+                          "EDIT on this run's experiment", client=False).model_uri
 
 
 def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) -> str:
@@ -127,7 +112,8 @@ def register_version(uri: str, name: str, model_uri: str, tags: dict[str, str]) 
         with _fluent(uri) as mlflow:
             return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
 
-    return str(_registry_call(f"registering {model_uri} as {name}", None, register).version)
+    return str(_registry_call(f"registering {model_uri} as {name}", uri, register,
+                              f"EDIT on registered model {name!r}", client=False).version)
 
 
 def model_version(uri: str, name: str, version: str | None = None, alias: str = CHAMPION) -> dict | None:
@@ -144,7 +130,7 @@ def model_version(uri: str, name: str, version: str | None = None, alias: str = 
                 return None
             raise
 
-    mv = _registry_call(f"reading {name} from the registry at {uri}", uri, read)
+    mv = _registry_call(f"reading {name} from the registry at {uri}", uri, read, f"READ on registered model {name!r}")
     return None if mv is None else _version_dict(mv, list(mv.aliases))
 
 
@@ -155,7 +141,7 @@ def list_versions(uri: str, name: str) -> list[dict]:
         # Search results leave `aliases` empty; the registered model holds the alias -> version map.
         return found, (client.get_registered_model(name).aliases if found else {})
 
-    found, aliases = _registry_call(f"listing {name} at {uri}", uri, read)
+    found, aliases = _registry_call(f"listing {name} at {uri}", uri, read, f"READ on registered model {name!r}")
     return sorted((_version_dict(mv, sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
                    for mv in found), key=lambda v: int(v["version"]))
 
@@ -165,7 +151,13 @@ def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) ->
         for k, v in tags.items():
             client.set_model_version_tag(name, str(version), k, str(v))
 
-    _registry_call(f"tagging {name} v{version}", uri, tag)
+    _registry_call(f"tagging {name} v{version}", uri, tag, f"EDIT on registered model {name!r}")
+
+
+def delete_version_tag(uri: str, name: str, version: str, key: str) -> None:
+    _registry_call(f"untagging {name} v{version}", uri,
+                   lambda client: client.delete_model_version_tag(name, str(version), key),
+                   f"EDIT on registered model {name!r}")
 
 
 def move_champion(uri: str, name: str, version: str, previous: str | None) -> None:
@@ -175,7 +167,8 @@ def move_champion(uri: str, name: str, version: str, previous: str | None) -> No
             client.set_model_version_tag(name, str(version), PREVIOUS_TAG, previous)
         client.set_registered_model_alias(name, CHAMPION, str(version))
 
-    _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}", uri, move)
+    _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}", uri, move,
+                   f"EDIT on registered model {name!r}")
 
 
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
@@ -193,4 +186,4 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None):
         with _fluent(uri) as fluent:
             return fluent.pyfunc.load_model(model_uri)
 
-    return _registry_call(f"loading {model_uri} from {uri}", None, load)
+    return _registry_call(f"loading {model_uri} from {uri}", uri, load, "READ on the model", client=False)

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline import fsutil
 from pipeline.config import TrackingConfig
 from pipeline.errors import TrackingError, first_line
-from pipeline.tracking import replay, store, sysmetrics
+from pipeline.tracking import auth, replay, store, sysmetrics
 
 TAG_HOST, TAG_PID = "pipeline.host", "pipeline.pid"  # who is writing the run (to find runs left RUNNING by a kill)
 # MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview (the tag its
@@ -93,6 +93,10 @@ def open_run(cfg: TrackingConfig, uri: str, run_id: str | None, stage: str) -> O
         except TrackingError:
             raise
         except Exception as e:  # noqa: BLE001 - any client failure means the server is unusable
+            refusal = auth.refusal(e, uri, f"opening this stage's run in experiment {cfg.experiment!r}",
+                                   f"EDIT on experiment {cfg.experiment!r}")
+            if refusal is not None:  # a password or a permission: no server restart fixes it
+                return _unavailable(cfg, refusal, "")
             if attempt == 0 and store.repair_store(uri, e):
                 continue
             return _unavailable(cfg, f"cannot reach MLflow at {uri}: {type(e).__name__}: {first_line(e)}")
@@ -162,8 +166,8 @@ def _mark_killed_runs(client, experiment_id: str, run_id: str) -> None:
             print(f"marked run {r.info.run_id} KILLED: its process {pid} ended without closing it", file=sys.stderr)
 
 
-def _unavailable(cfg: TrackingConfig, why: str) -> None:
+def _unavailable(cfg: TrackingConfig, why: str, fix: str = "Start the server, fix tracking.uri, or ") -> None:
     if cfg.required:
-        raise TrackingError(f"{why}. Start the server, fix tracking.uri, or set tracking.required: false "
-                            "to train without MLflow.")
+        raise TrackingError(f"{why}. {fix}{'set' if fix else 'Or set'} tracking.required: false to train without "
+                            "MLflow.")
     print(f"WARNING: {why}; tracking.required is false, so this run is NOT tracked in MLflow.", file=sys.stderr)

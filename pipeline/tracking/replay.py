@@ -2,7 +2,8 @@
 a spool a killed process left, and by `gan-tracking sync`.
 
 Records go out in order; metric points are coalesced into batches (`take_batch`). A record MLflow refuses for good
-(`REJECTED`) is dropped with a warning; any other failure stops the replay, and the spool keeps the rest.
+(`REJECTED`) is dropped with a warning; any other failure, a 401 or 403 included, stops the replay, and the spool
+keeps the rest.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ class Sender:
 
 
 # MLflow error codes that no retry can fix (the request itself is wrong): the record is dropped, with a warning.
+# A 401 or 403 is not among them: the records are fine, the user's password or permission is not (tracking.auth),
+# so they stay in the spool for `gan-tracking sync` once that is fixed.
 REJECTED = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
-            "INVALID_STATE", "PERMISSION_DENIED")
+            "INVALID_STATE")
 
 
 def rejected(e: BaseException) -> bool:

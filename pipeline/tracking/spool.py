@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline import fsutil
 from pipeline.errors import first_line
-from pipeline.tracking import replay
+from pipeline.tracking import auth, replay
 
 MAX_BYTES = 512 * 2**20
 FSYNC_SECONDS = 1.0
@@ -56,6 +56,7 @@ class Spool:
         self._cv = threading.Condition()
         self._closing = self._stop = False
         self._down_since: float | None = None
+        self.refused: str | None = None  # the server's 401/403: sending stops, the records stay for a later sync
         self._dirty = False
         self.counts = {"records": 0, "metric_points": 0, "replayed_records": 0, "replayed_metric_points": 0,
                        "dropped_records": 0, "rejected_records": 0, "leftover_records": len(leftover)}
@@ -101,7 +102,7 @@ class Spool:
         with self._cv:
             self._closing = True
             self._cv.notify()
-            while self._queue and time.monotonic() < deadline:
+            while self._queue and self.refused is None and time.monotonic() < deadline:
                 self._cv.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
             done = not self._queue
             self._stop = True  # a send still waiting on the network finishes, or fails, without us
@@ -142,6 +143,17 @@ class Spool:
             try:
                 self._sender.send(batch)
             except Exception as e:  # noqa: BLE001 - any failure: keep the record, retry after a pause
+                if (refusal := auth.refusal(e, self.uri, f"the tracking records of run {self.run_id}",
+                                            "EDIT on the run's experiment")) is not None:
+                    with self._cv:  # no retry fixes a password or a permission: stop, keep every record
+                        self.refused = refusal
+                        self.counts["refused"] = refusal
+                        self._warn(f"WARNING: {refusal}. Training goes on; the records stay in {self.dir}: once "
+                                   "that is fixed, upload them with gan-tracking sync")
+                        self._cv.notify_all()
+                        while not self._stop:
+                            self._cv.wait()
+                    return
                 if replay.rejected(e):
                     self._warn(f"WARNING: MLflow refused a {batch[0]['op']} record of run {self.run_id} "
                                f"({first_line(e)}); it is dropped")

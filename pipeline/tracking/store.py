@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import fsutil
+from pipeline.config.parse import userinfo_problem, without_userinfo
 from pipeline.errors import TrackingError, first_line
 
 SPOOL_DIR = ".tracking-spool"  # under the main repository's root
@@ -37,7 +38,10 @@ def repo_root(start: str | Path | None = None) -> Path:
 
 
 def resolve_uri(uri: str) -> str:
-    """A relative `sqlite:///` store resolves against the main repository's root; other URIs are unchanged."""
+    """A relative `sqlite:///` store resolves against the main repository's root; other URIs are unchanged. A URI
+    with credentials in it (from a command line or MLFLOW_TRACKING_URI) is refused: see `config.userinfo_problem`."""
+    if (problem := userinfo_problem(uri)) is not None:
+        raise TrackingError(f"tracking URI {without_userinfo(uri)} {problem}")
     path = uri[len(SQLITE):] if uri.startswith(SQLITE) else None
     if path is None or path.startswith("/") or path == ":memory:":
         return uri

@@ -206,9 +206,9 @@ class Tracker:
             self._put("status", status=status, end_time=_now_ms())
             timeout = self.cfg.timeout_seconds * (self.cfg.max_retries + 1)
             if not self.spool.close(timeout):
-                print(f"WARNING: MLflow at {self.uri} did not take {self.spool.counts['pending_records']} tracking "
-                      f"records of run {self.run_id} before the stage ended; they are kept in {self.spool.dir}. "
-                      "Upload them with: gan-tracking sync", file=sys.stderr)
+                why = self.spool.refused or f"MLflow at {self.uri} did not take them before the stage ended"
+                print(f"WARNING: {self.spool.counts['pending_records']} tracking records of run {self.run_id} are "
+                      f"kept in {self.spool.dir} ({why}). Upload them with: gan-tracking sync", file=sys.stderr)
             self.counts = dict(self.spool.counts)
             self.spool = None
         if self._tb is not None:
