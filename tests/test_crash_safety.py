@@ -256,6 +256,7 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_full_disk_fails_with_one_line_and_keeps_the_last_checkpoint(prepared_dir, tmp_path, tmpfs):
     params = _params_file(tmp_path / "params.yaml")  # 12 steps, checkpoints at 6 and 12
     ckpts = tmpfs / "ckpt"
@@ -272,6 +273,7 @@ def _no_big_files(limit_bytes: int):
     return limit
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_unwritable_checkpoint_file_fails_and_keeps_the_last_checkpoint(prepared_dir, tmp_path):
     """No privileges needed: RLIMIT_FSIZE makes the optimizer file of the step-12 checkpoint unwritable (EFBIG)."""
     out, params = tmp_path / "out", _params_file(tmp_path / "params.yaml")

@@ -86,6 +86,7 @@ def test_json_config_describes_the_model(exported):
     assert cfg["net"]["arch"] == "dcgan" and cfg["data_hash"] == DATA_HASH and "params" in cfg
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_pt2_loads_with_plain_torch_outside_the_repo(exported, tmp_path):
     """`python -I` in another directory: no repository on sys.path, only torch."""
     g, files, _ = exported

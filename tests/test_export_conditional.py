@@ -152,6 +152,7 @@ def test_pyfunc_takes_labels_and_seed_params(cond):
         model.predict(z, params={"labels": [0, 1]})
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_pyfunc_with_labels_in_a_fresh_directory(cond, tmp_path):
     """The issue's "done when": mlflow.pyfunc.load_model(uri).predict(z, params={"labels": [...]}) without the repo."""
     z = _z(4, seed=2).numpy()

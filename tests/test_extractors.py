@@ -110,6 +110,7 @@ def test_a_foreign_or_broken_model_file_is_named(unlabelled, monkeypatch, tmp_pa
         metrics.make_scorer(eval_cfg(), unlabelled["root"] / "prepared", None)
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_scores_offline_near_zero_against_itself_and_far_from_another_distribution(unlabelled, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", _no_network)
     monkeypatch.setattr(socket.socket, "connect", _no_network)

@@ -283,7 +283,7 @@ def _classifier_dir(tmp_path: Path, prepared: Path, **info) -> Path:
     (["eval.extractor=inception-v3-compat", "eval.inception_weights=/no/such/pt_inception.pth"], None,
      "eval.inception_weights: file not found: /no/such/pt_inception.pth"),
     (["eval.extractor=classifier"], {"skipped": "the data has no labels"},
-     "no in-domain classifier: the data has no labels; set eval.extractor: inception-v3-compat"),
+     "no in-domain classifier: the data has no labels; set eval.extractor: inception-v3-nvidia (or auto)"),
     ([], {}, "classifier weights not found"),  # auto on labelled grey digits: the classifier, but no weights
     (["tracking.enabled=true", "tracking.uri=s3://bucket/mlruns"], None,
      "tracking.uri=s3://bucket/mlruns: MLflow has no model registry for s3: URIs"),
@@ -301,6 +301,25 @@ def test_pre_flight_stops_the_train_stage_before_it_trains(capsys, monkeypatch, 
     lines = _fails_with(lambda _: train_stage.main(args), capsys)
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "out").exists()  # no checkpoint, no models/, nothing
+
+
+def test_pre_flight_refuses_an_inception_that_cannot_load_offline(capsys, monkeypatch, prepared_dir, tmp_path):
+    """Offline, torch-fidelity's Inception cannot fetch its weights: refused before training, in evaluate's words."""
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.delenv(preflight.DONE_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    args = _train_args(_params_file(tmp_path), prepared_dir, tmp_path / "out")
+    args += ["--set", "eval.extractor=inception-v3-compat", "--set", "eval.download_timeout_seconds=1"]
+    lines = [ln for ln in _fails_with(lambda _: train_stage.main(args), capsys)
+             if not ln.startswith("Downloading: ")]  # torch.hub's own note of the attempt
+    assert len(lines) == 1 and "cannot fetch the inception-v3-compat weights" in lines[0], lines
+    assert "eval.inception_weights" in lines[0] and "found before training" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_pre_flight_skips_the_data_checks_until_the_data_is_prepared(tmp_path):

@@ -108,6 +108,7 @@ def _cli_env() -> dict:
     return env
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_read_only_commands_never_create_a_store(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipeline.commands.generate", "models:/tiny@champion", "--out", "o"],
                          cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=120)

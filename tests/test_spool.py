@@ -116,6 +116,7 @@ def _sqlite_run(tmp_path):
     return uri, tracking.Tracker(TrackingConfig(uri=uri, experiment="spool", tensorboard=False))
 
 
+@pytest.mark.slow  # subprocesses or Inception on the CPU: the full suite runs it
 def test_gan_tracking_sync_uploads_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri, t = _sqlite_run(tmp_path)

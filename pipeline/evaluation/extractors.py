@@ -24,8 +24,10 @@ import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch import nn
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
+from pipeline.config import METRICS
 from pipeline.errors import MetricsError, first_line
 from pipeline.evaluation import classifier
 
@@ -186,3 +188,12 @@ def build_feature_extractor(extractor: Extractor, layers: list[str], kw: dict, t
             return create_feature_extractor(extractor.name, layers, **kw)
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts and DNS failures are OSErrors
         raise MetricsError(_offline_message(e, timeout)) from None
+
+
+def check_loads(extractor: Extractor, timeout: float) -> None:
+    """Build the extractor once on the CPU (Inception's weights fetched, within `timeout`), so that the train stage's
+    pre-flight refuses one that cannot load, in evaluate's words, before any training."""
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor.name]
+    layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in METRICS if m not in extractor.unavailable})
+    build_feature_extractor(extractor, layers, {"cuda": False, "verbose": False,
+                                                "feature_extractor_weights_path": extractor.weights_path}, timeout)

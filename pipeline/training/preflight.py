@@ -1,6 +1,6 @@
 """Pre-flight: cross-stage checks run before training starts. What evaluate or export would refuse after the whole
-train stage (a reference split too small for KID, an unusable feature extractor, a model registry that cannot be
-written) fails first, in one line, with the message those stages would give."""
+train stage (a reference split too small for KID, a feature extractor that cannot load, such as Inception's weights
+offline, a model registry that cannot be written) fails first, in one line, with the message those stages would give."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def check(params: Params, prepared_dir: str | Path | None, classifier_dir: str |
     if importlib.util.find_spec("torch_fidelity") is None:  # a training-only machine: evaluate runs elsewhere
         return
     from pipeline.data import read_meta  # below: torch-fidelity, imported only when there is data to check
-    from pipeline.evaluation import classifier, resolve, scorer
+    from pipeline.evaluation import classifier, extractors, resolve, scorer
 
     ec, meta = params.eval, read_meta(prepared_dir)
     info = classifier.read_info(classifier_dir) if classifier_dir is not None else None
@@ -41,8 +41,10 @@ def check(params: Params, prepared_dir: str | Path | None, classifier_dir: str |
     try:
         scored = ec.metrics
         if trained or resolve.extractor_kind(ec, meta) != "classifier":
-            scored, _ = scorer.scored_metrics(ec.metrics, resolve.resolve_extractor(ec, meta, classifier_dir))
+            extractor = resolve.resolve_extractor(ec, meta, classifier_dir)
+            scored, _ = scorer.scored_metrics(ec.metrics, extractor)
             scorer.check_count(ec, scored, ec.num_samples, "the generated set")
+            extractors.check_loads(extractor, ec.download_timeout_seconds)  # Inception offline: refused now
         scorer.check_count(ec, scored, meta["count"]["ref"], "the reference split", generated=False)
     except MetricsError as e:  # evaluate's own check and message, one class for the train stage to report
         raise PreflightError(f"{e} (found before training: the evaluate stage would fail on it)") from None
