@@ -6,7 +6,11 @@ same held-out split, at the same size:
 
     python -m benchmarks.side_by_side --folder benchmarks/work/rgb/openmoji --name openmoji
     python -m benchmarks.side_by_side --folder benchmarks/work/rgb/openmoji-flat --name openmoji-flat --seeds 0 1 2
+    python -m benchmarks.side_by_side --folder DIR --name openmoji --recipe hinge --set train.loss=hinge  # a variant
     python -m benchmarks.side_by_side --table benchmarks/results/side_by_side          # every row so far
+
+A `--recipe` row trains the project with its `--set` overrides; the reference and the floor are made once per set
+and seed (the reference at the default recipe's wall time).
 
 The reference is `benchmarks/reference.py`'s faithful copy of dcgan/main.py with the example's own widths (nz 100,
 ngf = ndf = 64), fp32, batch 64, unconditional, on the same threads. Its samples are scored the better of two ways:
@@ -94,8 +98,8 @@ def table(root: Path) -> str:
     lines = ["| set | row | seeds | FID | KID | FID / floor | FID / reference | train s | img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for set_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        rows = {k: [json.loads(f.read_text()) for f in sorted(set_dir.glob(f"{k}/*/row.json"))]
-                for k in ("project", "reference", "floor")}
+        kinds = ["project", *sorted(d.name for d in set_dir.glob("project-*")), "reference", "floor"]
+        rows = {k: [json.loads(f.read_text()) for f in sorted(set_dir.glob(f"{k}/*/row.json"))] for k in kinds}
         mean = {k: sum(r["FID"] for r in v) / len(v) for k, v in rows.items() if v}
         for k, v in rows.items():
             if not v:
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads for both trainings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a param of the project's row (its recipe); the reference is the example as written")
+    p.add_argument("--recipe", default="default", help="the project row's name (its --set overrides)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/side_by_side"))
     p.add_argument("--table", type=Path, default=None, help="print the table of every set under this directory")
@@ -143,9 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     (out / "floor" / "-").mkdir(parents=True, exist_ok=True)
     if not (out / "floor" / "-" / "row.json").exists():
         (out / "floor" / "-" / "row.json").write_text(json.dumps(floor_row(work, params), indent=2) + "\n")
+    project = "project" if args.recipe == "default" else f"project-{args.recipe}"
+    (out / project).mkdir(parents=True, exist_ok=True)
+    (out / project / "recipe.json").write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides}) + "\n")
     for seed in args.seeds:
-        row = quality.run_one(work, out / "project" / f"seed-{seed}", args.params, overrides, seed)
-        print(f"side_by_side: {name} project {json.dumps(row)}", file=sys.stderr, flush=True)
+        row = quality.run_one(work, out / project / f"seed-{seed}", args.params, overrides, seed)
+        print(f"side_by_side: {name} {project} {json.dumps(row)}", file=sys.stderr, flush=True)
+        if args.recipe != "default" or (out / "reference" / f"seed-{seed}" / "row.json").exists():
+            continue
         ref = reference_row(work, out / "reference" / f"seed-{seed}", params, row["train_seconds"], seed)
         (out / "reference" / f"seed-{seed}" / "row.json").write_text(json.dumps(ref, indent=2) + "\n")
         print(f"side_by_side: {name} reference {json.dumps(ref)}", file=sys.stderr, flush=True)

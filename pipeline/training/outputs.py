@@ -52,8 +52,9 @@ def train_params(params: Params) -> dict:
 
 
 def progress_line(row: dict, progress: Progress) -> str:
-    """`step 300/2000 D=1.21 G=0.93 real_prob=0.61 fake_prob=0.38 img_per_s=512, 12.3 s elapsed, ETA 57 s`."""
-    keys = ("Loss/D", "Loss/G", *D_OUTPUT_KEYS, "Augment/p", "Speed/img_per_s")
+    """`step 300/2000 D=1.21 G=0.93 real_prob=0.61 fake_prob=0.38 img_per_s=512 cpu_threads=2 load_avg=2.1, 12.3 s
+    elapsed, ETA 57 s`: on the CPU, the threads and the machine's load say why a speed differs between runs."""
+    keys = ("Loss/D", "Loss/G", *D_OUTPUT_KEYS, "Augment/p", "Speed/img_per_s", "Speed/cpu_threads", "Speed/load_avg")
     return progress.line(row["step"], **{k.split("/")[-1]: row[k] for k in keys if k in row})
 
 

@@ -8,6 +8,7 @@ trajectory), and continues the MLflow run that checkpoint names, so a resumed ru
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import time
@@ -124,9 +125,12 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
                     f"the last good checkpoint is {_last_good(paths.checkpoints, fp)}. "
                     "Lower the learning rates, enable train.grad_clip_norm, or change train.loss."
                 )
+            threads = torch.get_num_threads()  # what this tick's steps ran on (rebalance may change it)
             cores.rebalance()  # trainings that started or ended on this machine since the last tick
             elapsed = time.perf_counter() - t_tick
             row = {"step": done, **gan.stats.pop_means(), "Speed/img_per_s": n_tick * tc.batch_size / max(elapsed, 1e-9)}
+            if acc.device.type == "cpu":  # a speed's context: fewer threads or a busy machine, not the recipe
+                row.update({"Speed/cpu_threads": threads, "Speed/load_avg": os.getloadavg()[0]})
             if evaluator is not None and tc.fid_every_steps and done % tc.fid_every_steps == 0:
                 row["Eval/fid"] = fid = evaluator(ema.module)
                 if main and fid < best_fid:
