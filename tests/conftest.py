@@ -150,21 +150,23 @@ def dvc_repo(dest: Path, overrides: dict[str, dict], threads: int = 2) -> tuple[
 
 
 def start_mlflow_server(store: Path, port: int, timeout: float = 120.0,
-                        backend_store_uri: str | None = None) -> subprocess.Popen:
+                        backend_store_uri: str | None = None, app_name: str | None = None,
+                        env: dict[str, str] | None = None) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:`port` with its artifacts under `store` and its runs in
     `backend_store_uri` (default: a SQLite file under `store`), answering /health; stop it with
-    os.killpg(proc.pid, ...)."""
+    os.killpg(proc.pid, ...). `app_name` (e.g. basic-auth) is passed as --app-name, `env` added to its
+    environment (e.g. the auth app's MLFLOW_AUTH_CONFIG_PATH)."""
     import sys
     import time
     import urllib.request
 
     store.mkdir(parents=True, exist_ok=True)
     backend = backend_store_uri or f"sqlite:///{store}/db.sqlite"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+         "--workers", "1", *(["--app-name", app_name] if app_name else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline:
