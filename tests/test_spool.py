@@ -168,6 +168,34 @@ def test_a_half_initialised_store_is_rebuilt_not_reported_unreachable(tmp_path, 
     t.close()
 
 
+def test_an_experiment_another_process_just_created_is_used_and_its_store_kept(tmp_path, monkeypatch):
+    """`dvc queue start -j 2`: both experiments find no experiment, both create it; the second's create fails on the
+    unique name. It must open its run in the first's experiment, not take the new store for a half-built one."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = tracking.Tracker(TrackingConfig(uri=uri, experiment="x", tensorboard=False))
+    first.close()
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def not_yet(self, name):  # the second process looked before the first created it
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet)
+    second = tracking.Tracker(TrackingConfig(uri=uri, experiment="x", tensorboard=False))
+    assert second.active and second.experiment_id == first.experiment_id and len(calls) == 2
+    second.close()
+    assert not list(tmp_path.glob("mlflow.db.broken-*"))  # the complete store was not moved aside
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    conflict = MlflowException("Experiment(name=x) already exists", error_code=RESOURCE_ALREADY_EXISTS)
+    assert store.repair_store(uri, conflict) is False  # a conflict is no sign of a damaged store
+
+
 def test_a_run_left_running_by_a_dead_process_is_marked_killed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -143,12 +143,19 @@ def _open(client, cfg: TrackingConfig, uri: str, run_id: str | None, stage: str)
 
 def _experiment(client, cfg: TrackingConfig, uri: str, exp_id: str | None = None) -> str:
     """The experiment's id (created if needed), tagged as a model-training experiment (EXPERIMENT_KIND)."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment(exp_id) if exp_id else client.get_experiment_by_name(cfg.experiment)
     if exp is None:
         local = store.sqlite_file(uri)  # artifacts next to a local store, not in the working directory
-        return client.create_experiment(
-            cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None,
-            tags=EXPERIMENT_KIND)
+        try:
+            return client.create_experiment(
+                cfg.experiment, artifact_location=(local.parent / "mlruns").as_uri() if local else None,
+                tags=EXPERIMENT_KIND)
+        except MlflowException as e:  # a concurrent experiment (dvc queue -j 2) created it first: use that one
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(cfg.experiment)
     for k, v in EXPERIMENT_KIND.items():
         if exp.tags.get(k) != v:  # an experiment created before: the UI opens it on its runs too
             client.set_experiment_tag(exp.experiment_id, k, v)

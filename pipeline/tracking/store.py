@@ -60,6 +60,10 @@ def locked(e: BaseException) -> bool:
     return "database is locked" in str(e)
 
 
+def _conflict(e: BaseException) -> bool:
+    return getattr(e, "error_code", None) == "RESOURCE_ALREADY_EXISTS" or "UNIQUE constraint failed" in str(e)
+
+
 def retry_locked(fn: Callable[[], Any], seconds: float = 60.0) -> Any:
     """Call `fn`, retrying SQLite's "database is locked" (concurrent experiments share one store) with bounded
     backoff; any other error, or a lock held past `seconds`, is raised."""
@@ -106,9 +110,11 @@ def forget_engine(uri: str) -> None:
 
 def repair_store(uri: str, error: BaseException) -> bool:
     """After `error` on a local SQLite store: a store with no runs (one left half-initialised by a kill during its
-    creation) is moved aside and True returned, so it is created afresh; a damaged store with runs is named."""
+    creation, in older versions) is moved aside and True returned, so it is created afresh; a damaged store with runs
+    is named. A conflict (a concurrent experiment created the same thing first) or a lock is no sign of damage: the
+    store another process is using is never moved."""
     path = sqlite_file(uri)
-    if path is None or not path.exists():
+    if path is None or not path.exists() or locked(error) or _conflict(error):
         return False
     try:
         with contextlib.closing(sqlite3.connect(path)) as db:
