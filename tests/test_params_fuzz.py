@@ -282,6 +282,7 @@ def test_a_mutated_params_file_stops_the_stage_with_one_line(i, tmp_path, capsys
     assert not out.exists()
 
 
+@pytest.mark.slow  # a fresh Python process: the full suite runs it
 def test_mutated_files_fail_the_same_way_in_a_fresh_process(tmp_path):
     """Through `python -m stages.prepare`, all output counted: no import-time warning may join the one line."""
     picked = {category: (content, expect) for category, content, expect in MUTATIONS

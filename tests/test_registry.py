@@ -179,6 +179,7 @@ def test_generate_from_registry_and_run(env, tmp_path):
     assert np.array_equal(from_run, images)
 
 
+@pytest.mark.slow  # a fresh Python process: the full suite runs it
 def test_champion_loads_in_a_fresh_directory_without_the_repo(env, tmp_path):
     z = generate.latents(3, NET.z_dim, seed=5).numpy()
     np.save(tmp_path / "z.npy", z)

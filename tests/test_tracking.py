@@ -136,6 +136,7 @@ for name in ('mlflow', 'torch_fidelity', 'dvc'):
 """
 
 
+@pytest.mark.slow  # a fresh Python process: the full suite runs it
 def test_training_runs_without_mlflow_installed(prepared_dir, tmp_path):
     """GPU images may have torch and accelerate but no mlflow: tracking off must never import it."""
     code = BLOCK_IMPORTS + f"""
