@@ -15,7 +15,6 @@ from pathlib import Path
 from pipeline.config.parse import CREDENTIALS_HELP, without_userinfo
 
 CREDENTIALS_FILE = Path("~/.mlflow/credentials")
-REFUSED_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 def username() -> str | None:
@@ -28,11 +27,6 @@ def username() -> str | None:
     except configparser.Error:
         return None
     return parser.get("mlflow", "mlflow_tracking_username", fallback=None)
-
-
-def refused(e: BaseException) -> bool:
-    """Whether an MLflow client error is the server refusing this user (401 or 403): no retry can fix it."""
-    return getattr(e, "error_code", None) in REFUSED_CODES
 
 
 def refusal(e: BaseException, uri: str, what: str, needs: str) -> str | None:
