@@ -51,23 +51,3 @@ def test_a_failed_stage_loses_no_result_dvc_checkout_brings_them_back(repo):
     assert {p: (root / p).read_bytes() for p in outputs} == before
     assert "up to date" in run_ok([sys.executable, "-m", "dvc", "repro"], root, env)
 
-
-def test_dvc_exp_run_with_another_loss_and_arch_shows_in_exp_show(repo):
-    """The README's `-S train.loss=wgan-gp`, and issue 8's ResNet + relativistic pairing + ADA."""
-    root, env = repo
-    run_ok(["git", "add", "-A"], root, env)
-    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], root, env)
-    run_ok([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.loss=wgan-gp", "-n", "gp"], root, env)
-    run_ok([sys.executable, "-m", "dvc", "exp", "run", "-S", "model.arch=resnet", "-S", "train.loss=rpgan", "-S",
-            "train.augment=ada", "-n", "r3"], root, env)
-    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, env=env,
-                                      capture_output=True, text=True, check=True).stdout)
-    exps = {rev["name"]: rev["data"] for row in shown for exp in row.get("experiments") or [] for rev in exp["revs"]}
-    assert {"gp", "r3"} <= set(exps), sorted(exps)
-    train = {name: exps[name]["params"]["params.yaml"]["data"]["train"] for name in ("gp", "r3")}
-    assert train["gp"]["loss"] == "wgan-gp"
-    assert (train["r3"]["loss"], train["r3"]["augment"]) == ("rpgan", "ada")
-    assert exps["r3"]["params"]["params.yaml"]["data"]["model"]["arch"] == "resnet"
-    for name in ("gp", "r3"):
-        evaluation = exps[name]["metrics"]["metrics/eval.json"]["data"]
-        assert evaluation[evaluation["eval_info"]["extractor"]]["frechet_inception_distance"] > 0, name

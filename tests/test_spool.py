@@ -215,10 +215,11 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed(tmp_path, monkeyp
 
 # A real server killed with kill -9 at 30 % of a run and restarted 30 s later on the same port and store.
 
+OUTAGE_SECONDS = 15  # past the spool's longest back-off (8 s), so it retries several times before the server is back
 SERVER_PARAMS = {
     "data": {"image_size": 16},
     "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
-    "train": {"steps": 1500, "batch_size": 32, "log_every_steps": 10, "sample_every_steps": 150,
+    "train": {"steps": 900, "batch_size": 32, "log_every_steps": 10, "sample_every_steps": 150,
               "checkpoint_every_steps": 500, "mixed_precision": "no", "cpu_threads": 1},
     "eval": {"num_samples": 300, "kid_subset_size": 50},
 }
@@ -257,7 +258,7 @@ def test_server_killed_mid_run_loses_nothing(prepared_dir, tmp_path):
             killed_at = time.time()
             break
     assert killed_at is not None, run.stderr.read()[-3000:]
-    restarter = threading.Timer(30 - (time.time() - killed_at), lambda: holder.append(start_mlflow_server(store, port)))
+    restarter = threading.Timer(OUTAGE_SECONDS - (time.time() - killed_at), lambda: holder.append(start_mlflow_server(store, port)))
     holder: list = []
     restarter.start()
     rest, err = run.communicate(timeout=600)
