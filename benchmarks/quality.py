@@ -41,7 +41,10 @@ def setup(work: Path, params_file: str, overrides: list[str]) -> None:
         fit(work / "prepared", work / "classifier", params.eval.classifier_steps, params.eval.classifier_seed)
 
 
-def run_one(work: Path, out: Path, params_file: str, overrides: list[str], seed: int) -> dict:
+def run_one(work: Path, out: Path, params_file: str, overrides: list[str], seed: int,
+            checkpoints: Path | None = None) -> dict:
+    """Train and evaluate one seed into `out`: its row (FID, ..., train seconds). With `checkpoints`, training
+    resumes from (and leaves) the checkpoints there; without, they are made under `out` and deleted."""
     from pipeline.config import load_params
     from pipeline.evaluation.stage import EvalPaths, evaluate
     from pipeline.training.outputs import TrainPaths
@@ -52,7 +55,8 @@ def run_one(work: Path, out: Path, params_file: str, overrides: list[str], seed:
     _fresh_state()
     t0 = time.perf_counter()
     tr = train(params, TrainPaths(prepared=work / "prepared", models=out / "models", metrics=out / "train.json",
-                                  plots=out / "plots", run_file=out / "run.json", checkpoints=out / "checkpoints"))
+                                  plots=out / "plots", run_file=out / "run.json",
+                                  checkpoints=checkpoints or out / "checkpoints"))
     t_train = time.perf_counter() - t0
     _fresh_state()
     ev = evaluate(params, EvalPaths(prepared=work / "prepared", models=out / "models", classifier=work / "classifier",

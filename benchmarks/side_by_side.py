@@ -34,7 +34,7 @@ FID, KID = "frechet_inception_distance", "kernel_inception_distance_mean"
 DATA = ["data.dataset=imagefolder", "data.channels=3", "data.image_size=32"]
 
 
-def _params(samples: int, refs: int, threads: int, overrides: list[str]) -> list[str]:
+def score_params(samples: int, refs: int, threads: int, overrides: list[str]) -> list[str]:
     """Scoring as in every row: NVIDIA's Inception, FID and KID (subsets no larger than either side)."""
     return ["eval.extractor=inception-v3-nvidia", "eval.metrics=[fid,kid]", f"eval.num_samples={samples}",
             f"eval.kid_subset_size={min(1000, samples, refs)}", f"train.cpu_threads={threads}", *overrides]
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     data = [*DATA, f"data.root={args.folder.resolve()}", *(o for o in args.overrides if o.startswith("data."))]
     quality.setup(work, args.params, data)
     refs = json.loads((work / "prepared" / "meta.json").read_text())["count"]["ref"]
-    overrides = [*data, *_params(args.samples, refs, args.threads, args.overrides)]
+    overrides = [*data, *score_params(args.samples, refs, args.threads, args.overrides)]
     params = load_params(args.params, [*overrides, "tracking.enabled=false"])
     (out / "floor" / "-").mkdir(parents=True, exist_ok=True)
     if not (out / "floor" / "-" / "row.json").exists():

@@ -138,6 +138,17 @@ def test_extractor_auto_picks_classifier_for_labelled_grey_data_else_inception(w
         assert (e.name, e.weights_path, e.rgb) == ("inception-v3-compat", None, True)
 
 
+def test_num_samples_auto_is_2000_with_the_classifier_and_1000_with_an_inception(world):
+    cfg = eval_cfg()
+    assert cfg.num_samples == "auto"  # params.yaml's default
+    classifier = metrics.resolve_extractor(cfg, world["meta"], world["cls"])
+    inception = metrics.resolve_extractor(eval_cfg(extractor="inception-v3-compat"), world["meta"], None)
+    assert (resolve.num_samples(cfg, classifier), resolve.num_samples(cfg, inception)) == (2000, 1000)
+    assert resolve.num_samples(eval_cfg(num_samples=300), inception) == 300  # a number is kept as given
+    s = metrics.make_scorer(cfg, world["prepared"], world["cls"])
+    assert s.cfg.num_samples == 2000  # what evaluate scores and records in eval_info
+
+
 def _silent_server():
     """A TCP server that accepts connections and never answers: the proxy case that hangs without a timeout."""
     srv = socket.socket()

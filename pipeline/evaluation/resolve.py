@@ -12,6 +12,7 @@ import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from pipeline.config import EvalConfig
+from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES
 from pipeline.errors import MetricsError
 from pipeline.evaluation import classifier
 from pipeline.evaluation.extractors import (
@@ -50,6 +51,13 @@ def resolve_extractor(cfg: EvalConfig, meta: dict, classifier_dir: str | Path | 
     if kind == NVIDIA:
         return _inception_nvidia()
     return _classifier(meta, classifier_dir)
+
+
+def num_samples(cfg: EvalConfig, extractor: Extractor) -> int:
+    """eval.num_samples with auto resolved by the extractor: config.schema.AUTO_NUM_SAMPLES."""
+    if cfg.num_samples != AUTO:
+        return cfg.num_samples
+    return AUTO_NUM_SAMPLES["classifier" if extractor.comparable == IN_DOMAIN else "inception"]
 
 
 def _inception_compat(cfg: EvalConfig) -> Extractor:

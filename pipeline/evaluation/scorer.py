@@ -6,6 +6,7 @@ keyed by data hash and extractor version, and feature extraction split across pr
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -33,7 +34,7 @@ from pipeline.config import METRICS, EvalConfig
 from pipeline.data import load_split, read_meta
 from pipeline.errors import MetricsError
 from pipeline.evaluation.extractors import Extractor, build_feature_extractor
-from pipeline.evaluation.resolve import resolve_extractor
+from pipeline.evaluation.resolve import num_samples, resolve_extractor
 from pipeline.nets.sampling import balanced_labels, latents, to_uint8
 from pipeline.progress import Progress
 
@@ -120,7 +121,9 @@ class Scorer:
                  metrics: Sequence[str] | None = None, dist: Any = None, progress: bool = False):
         self.metrics, self.skipped = scored_metrics(tuple(cfg.metrics if metrics is None else metrics), extractor)
         self.progress = progress
-        self.cfg, self.extractor, self.dist = cfg, extractor, dist
+        # eval.num_samples resolved (auto: by the extractor), so that every reader of scorer.cfg sees the count used
+        self.cfg = dataclasses.replace(cfg, num_samples=num_samples(cfg, extractor))
+        self.extractor, self.dist = extractor, dist
         self.rank, self.world = (dist.process_index, dist.num_processes) if dist is not None else (0, 1)
         cuda = dist.device.type == "cuda" if dist is not None else torch.cuda.is_available()
         self.kw = {"cuda": cuda, "batch_size": cfg.batch_size, "save_cpu_ram": not cuda, "verbose": False,

@@ -78,6 +78,7 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
     t0 = time.perf_counter()
     scorer = make_scorer(ec, paths.prepared, paths.classifier, dist=dist, progress=True)
+    ec = scorer.cfg  # eval.num_samples resolved
     G.to(dist.device)
     feats = scorer.generator_features(G, ec.num_samples, ec.seed)
     lo, hi = dist.process_index * ec.num_samples // dist.num_processes, \
@@ -125,6 +126,7 @@ def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: 
         tracker.log_metrics(values, step=step)
         tracker.log_artifact(grid_path, "eval")
         tracker.log_dict(report, "eval/eval.json")
-        tracker.set_tags({"eval.world_size": world, "eval.wall_seconds": round(wall, 1)})
+        tracker.set_tags({"eval.world_size": world, "eval.wall_seconds": round(wall, 1),
+                          "eval.num_samples.resolved": report["eval_info"]["num_samples"]})
     finally:
         tracker.close()

@@ -43,7 +43,7 @@ def check(params: Params, prepared_dir: str | Path | None, classifier_dir: str |
         if trained or resolve.extractor_kind(ec, meta) != "classifier":
             extractor = resolve.resolve_extractor(ec, meta, classifier_dir)
             scored, _ = scorer.scored_metrics(ec.metrics, extractor)
-            scorer.check_count(ec, scored, ec.num_samples, "the generated set")
+            scorer.check_count(ec, scored, resolve.num_samples(ec, extractor), "the generated set")
             extractors.check_loads(extractor, ec.download_timeout_seconds)  # Inception offline: refused now
         scorer.check_count(ec, scored, meta["count"]["ref"], "the reference split", generated=False)
     except MetricsError as e:  # evaluate's own check and message, one class for the train stage to report
