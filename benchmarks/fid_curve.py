@@ -36,7 +36,8 @@ def plot(curve: dict, path: Path) -> None:
     ax.plot(minutes, [p["FID"] for p in curve["points"]], "o-", label=f"project ({curve['recipe']})")
     for p, m in zip(curve["points"], minutes, strict=True):
         ax.annotate(f"{p['steps']}", (m, p["FID"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    for key, style, label in (("floor", "k:", "real-vs-real floor"), ("reference", "r--", "reference DCGAN")):
+    for key, style, label in (("floor", "k:", "real-vs-real floor"),
+                              ("reference", "r--", "reference DCGAN at the default's train time")):
         if curve.get(key):
             ax.axhline(curve[key], ls=style[1:], color=style[0], label=f"{label} ({curve[key]:.0f})")
     targets = [t for t in (3 * curve["floor"] if curve.get("floor") else None,
