@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import yaml12
-from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES, Params
+from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES, AUTO_STEPS, Params
 from pipeline.errors import ParamsError
 
 
@@ -107,11 +107,12 @@ def _check_combinations(p: Params) -> None:
             f"params.yaml: model.d_norm=batch cannot be used with {penalties[0]}: BatchNorm mixes samples, "
             "so the per-sample gradient penalty is wrong; use auto, layer, instance or none"
         )
-    end = p.train.cond_ramp_end_steps
-    if end and not p.train.cond_ramp_start_steps <= end <= p.train.steps:
+    end, steps = p.train.cond_ramp_end_steps, p.train.steps
+    if end and not p.train.cond_ramp_start_steps <= end <= (min(AUTO_STEPS.values()) if steps == AUTO else steps):
         raise ParamsError(
             f"params.yaml: train.cond_ramp_end_steps must be 0 or between train.cond_ramp_start_steps "
-            f"({p.train.cond_ramp_start_steps}) and train.steps ({p.train.steps}), got {end}"
+            f"({p.train.cond_ramp_start_steps}) and train.steps ({steps}"
+            f"{f': {min(AUTO_STEPS.values())} or more' if steps == AUTO else ''}), got {end}"
         )
     if p.train.loss == "wgan" and p.model.spectral_norm:
         raise ParamsError(

@@ -5,6 +5,7 @@ values to the pipeline's MLflow run, and save a sample grid of the scored sample
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -78,7 +79,8 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
     t0 = time.perf_counter()
     scorer = make_scorer(ec, paths.prepared, paths.classifier, dist=dist, progress=True)
-    ec = scorer.cfg  # eval.num_samples resolved
+    ec = scorer.cfg  # eval.num_samples resolved: what eval_info and the run's params record
+    params = dataclasses.replace(params, eval=ec)
     G.to(dist.device)
     feats = scorer.generator_features(G, ec.num_samples, ec.seed)
     lo, hi = dist.process_index * ec.num_samples // dist.num_processes, \
@@ -126,7 +128,6 @@ def _log(params: Params, paths: EvalPaths, gcfg: dict, report: dict, grid_path: 
         tracker.log_metrics(values, step=step)
         tracker.log_artifact(grid_path, "eval")
         tracker.log_dict(report, "eval/eval.json")
-        tracker.set_tags({"eval.world_size": world, "eval.wall_seconds": round(wall, 1),
-                          "eval.num_samples.resolved": report["eval_info"]["num_samples"]})
+        tracker.set_tags({"eval.world_size": world, "eval.wall_seconds": round(wall, 1)})
     finally:
         tracker.close()
