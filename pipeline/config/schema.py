@@ -125,7 +125,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     metrics: tuple[str, ...] = spec(METRICS, choices=METRICS)
-    num_samples: int | str = spec("auto", ge=2, le=MAX_SAMPLES, auto=True,
+    num_samples: int | str = spec(AUTO, ge=2, le=MAX_SAMPLES, auto=True,
                                   doc="generated samples scored; auto = 2000 with the in-domain classifier, 1000 with "
                                       "an Inception (README: Evaluation)")
     extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "inception-v3-nvidia", "classifier"),
