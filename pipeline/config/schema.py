@@ -37,10 +37,6 @@ AUTO = "auto"
 # out only a few hundred reference pictures, which bound FID's precision more than the generated count does
 # (QUALITY.md: Real RGB pictures).
 AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
-# train.steps: auto, by the prepared data's channels. Grey digits meet their targets at 2,500 steps within a 4-minute
-# dvc repro; RGB pictures keep improving well past that (FID 150 -> 124 from 2,500 to 5,000 steps on OpenMoji, flat
-# and labelled alike), and their target is a 10-minute dvc repro on 2 CPU cores (QUALITY.md: Real RGB pictures).
-AUTO_STEPS = {1: 2500, 3: 5000}
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -76,8 +72,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
-    steps: int | str = spec(AUTO, ge=1, le=MAX_STEPS, auto=True,
-                            doc="generator updates; auto = 2500 for grey data, 5000 for RGB (QUALITY.md)")
+    steps: int = spec(2500, ge=1, le=MAX_STEPS, doc="generator updates")
     batch_size: int = spec(64, ge=1, le=MAX_BATCH, doc="global batch, split across processes")
     seed: int = spec(0, ge=0, le=MAX_SEED)
     lr_g: float = spec(2e-4, gt=0.0)
@@ -195,12 +190,6 @@ class Params:
         if self.model.arch == "resnet":
             return "none"
         return "layer" if self.gradient_penalties() else "batch"
-
-    def resolved(self, channels: int) -> Params:
-        """These params with the `auto` values that depend on the prepared data's channels resolved (train.steps)."""
-        if self.train.steps != AUTO:
-            return self
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, steps=AUTO_STEPS[channels]))
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
