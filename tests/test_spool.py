@@ -213,7 +213,7 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed(tmp_path, monkeyp
     assert client.get_run(later.run_id).info.status == "FINISHED"
 
 
-# A real server killed with kill -9 at 30 % of a run and restarted 30 s later on the same port and store.
+# A real server killed with kill -9 at 30 % of a run and restarted OUTAGE_SECONDS later on the same port and store.
 
 OUTAGE_SECONDS = 15  # past the spool's longest back-off (8 s), so it retries several times before the server is back
 SERVER_PARAMS = {

@@ -33,8 +33,8 @@ LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan", "rpgan")
 ARCHS = ("dcgan", "resnet")  # pipeline.nets builds each
 AUTO = "auto"
 # eval.num_samples: auto, by the resolved extractor. The in-domain classifier embeds 2,000 samples in seconds; an
-# Inception (299 px) takes about 4 minutes per 1,000 on 2 CPU cores, and a folder of a few thousand pictures holds
-# out only a few hundred reference pictures, which bound FID's precision more than the generated count does
+# Inception (299 px) takes about 3 minutes per 1,000 images on 2 CPU cores, and a folder of a few thousand pictures
+# holds out only a few hundred reference pictures, which bound FID's precision more than the generated count does
 # (QUALITY.md: Real RGB pictures).
 AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
 METRICS = ("isc", "fid", "kid", "prc")
