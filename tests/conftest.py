@@ -39,6 +39,12 @@ def tiny_params(**sections: dict) -> Params:
     return parse_params(raw)
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core this process may use, at most 4 (the end-to-end tests start their own
+    processes and threads, so more workers than cores only makes them fight)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 @pytest.fixture(scope="session")
 def prepared_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
