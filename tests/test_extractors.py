@@ -72,7 +72,7 @@ def test_auto_picks_nvidia_inception_for_unlabelled_rgb_data_and_leaves_is_out(u
     s, meta = unlabelled["scorer"], unlabelled["meta"]
     e = s.extractor
     assert (e.name, e.rgb, e.comparable) == ("inception-v3-nvidia", True, "published")
-    assert e.version == f"{extractors.NVIDIA_CHECKED_SHA8}-tf{extractors.torch_fidelity.__version__}"
+    assert e.version == f"{extractors.NVIDIA_CHECKED_SHA8}-eager-tf{extractors.torch_fidelity.__version__}"
     assert s.metrics == ("fid", "kid", "prc") and set(s.skipped) == {"isc"}
     assert s.info() == {"extractor": "inception-v3-nvidia", "extractor_comparable": "published",
                         "skipped": {"isc": extractors.NVIDIA_NO_ISC}}
@@ -126,31 +126,34 @@ def test_scores_offline_near_zero_against_itself_and_far_from_another_distributi
     assert same["precision"] > 0.5 > 0.1 > other["precision"]
 
 
-def test_same_features_as_torch_fidelity_inception_given_the_same_weights(unlabelled, monkeypatch):
-    """The TorchScript net with its input resize and scaling computes what torch-fidelity's inception-v3-compat
-    computes when given that file's weights: only the weights file could make the two FIDs differ."""
+def test_same_features_as_the_torchscript_file_and_torch_fidelity_inception(unlabelled, monkeypatch):
+    """The eager channels-last extractor computes what NVIDIA's TorchScript file computes as loaded, and what
+    torch-fidelity's inception-v3-compat computes when given that file's weights: only the weights file could make
+    the two FIDs differ."""
     import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-    ours = unlabelled["scorer"].fe
+    from pipeline.evaluation.nvidia_inception import load_torchscript
+
+    s = unlabelled["scorer"]
+    ours = s.fe
     with monkeypatch.context() as m:  # torch-fidelity's module, random init, nothing downloaded
         m.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
         m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
         ref = tf_inception.FeatureExtractorInceptionV3("ref", ["2048"])
     src, state = ours.net.state_dict(), ref.state_dict()
-    # Each TorchScript conv holds its BN (no scale): weight, beta, mean, var; torch-fidelity's has conv.* and bn.*.
-    convs = [k.removesuffix(".weight") for k in src if k.endswith(".weight")]
-    targets = [k.removesuffix(".conv.weight") for k in state if k.endswith(".conv.weight")]
-    assert len(convs) == len(targets) == 94
-    for a, b in zip(convs, targets, strict=True):  # same layer order; the shapes check the pairing
-        assert src[f"{a}.weight"].shape == state[f"{b}.conv.weight"].shape, (a, b)
-        state.update({f"{b}.conv.weight": src[f"{a}.weight"], f"{b}.bn.weight": torch.ones_like(src[f"{a}.beta"]),
-                      f"{b}.bn.bias": src[f"{a}.beta"], f"{b}.bn.running_mean": src[f"{a}.mean"],
-                      f"{b}.bn.running_var": src[f"{a}.var"]})
-    torch.nn.Module.load_state_dict(ref, state)
+    # The same blocks in the same order (fc, the logits, is torch-fidelity's only extra); the shapes check the pairing.
+    keys = [k for k in state if not k.startswith("fc.")]
+    assert len(keys) == len(src) == 94 * 6  # conv.weight and bn's weight, bias, running mean/var, batch count
+    for a, b in zip(src, keys, strict=True):
+        assert src[a].shape == state[b].shape, (a, b)
+    torch.nn.Module.load_state_dict(ref, dict(state, **dict(zip(keys, src.values(), strict=True))))
     images = torch.cat([torch.from_numpy(unlabelled["train"][:2]),
                         torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                                       dtype=torch.uint8)])
+    scaled = (interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False) - 128) / 128
     with torch.no_grad():
-        a, b = ours(images)[0], ref(images)[0]
+        a, b, c = ours(images)[0], ref(images)[0], load_torchscript(s.extractor.weights_path)(scaled)
     assert a.shape == (4, 2048) and a.abs().max() > 0.5
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)

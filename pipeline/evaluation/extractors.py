@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import importlib.util
 import socket
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from torch_fidelity.utils import create_feature_extractor
 
 from pipeline.config import METRICS
 from pipeline.errors import MetricsError, first_line
-from pipeline.evaluation import classifier
+from pipeline.evaluation import classifier, nvidia_inception
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = Path(tf_inception.URL_INCEPTION_V3).name  # the official name torch hub caches it under
@@ -79,15 +78,14 @@ class ClassifierExtractor(_EagerExtractor):
 
 
 class NvidiaInceptionExtractor(_EagerExtractor):
-    """torch-fidelity's view of NVIDIA's TorchScript FID Inception: "2048" (pool3) for FID/KID/PRC. The input is resized
-    and scaled exactly as torch-fidelity's own Inception does it, so only the weights file differs between the two."""
+    """torch-fidelity's view of NVIDIA's FID Inception: "2048" (pool3) for FID/KID/PRC. Its TorchScript file's weights
+    run in eager channels-last blocks (`nvidia_inception`), on input resized and scaled exactly as torch-fidelity's own
+    Inception does it, so only the weights file differs between the two."""
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
                  **kwargs: Any):
         super().__init__(name, features_list)
-        with warnings.catch_warnings():  # torch.jit.load is deprecated on 2.14 but is this file's only loader
-            warnings.simplefilter("ignore", FutureWarning)
-            self.net = torch.jit.load(feature_extractor_weights_path, map_location="cpu").eval()
+        self.net = nvidia_inception.load_eager(feature_extractor_weights_path)
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
@@ -102,7 +100,7 @@ class NvidiaInceptionExtractor(_EagerExtractor):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # uint8 (B, 3, H, W) -> TF1-style bilinear resize (B, 3, 299, 299) -> [-1, 0.992] as the TF graph scales it.
         x = interpolate_bilinear_2d_like_tensorflow1x(x.to(torch.float32), size=(299, 299), align_corners=False)
-        return (self.net((x - 128) / 128),)  # (B, 2048)
+        return (self.net(((x - 128) / 128).contiguous(memory_format=torch.channels_last)),)  # (B, 2048)
 
 
 @dataclass(frozen=True)

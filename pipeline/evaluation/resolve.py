@@ -80,8 +80,8 @@ def _inception_nvidia() -> Extractor:
     comparable = PUBLISHED if sha == NVIDIA_CHECKED_SHA8 else f"unchecked ({path} is {sha}, not {NVIDIA_CHECKED_SHA8})"
     if NVIDIA not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(NVIDIA, NvidiaInceptionExtractor)
-    return Extractor(NVIDIA, str(path), f"{sha}-tf{torch_fidelity.__version__}", rgb=True, comparable=comparable,
-                     unavailable={"isc": NVIDIA_NO_ISC})
+    return Extractor(NVIDIA, str(path), f"{sha}-eager-tf{torch_fidelity.__version__}", rgb=True,
+                     comparable=comparable, unavailable={"isc": NVIDIA_NO_ISC})
 
 
 def _classifier(meta: dict, classifier_dir: str | Path | None) -> Extractor:
