@@ -32,7 +32,7 @@ def test_real_params_yaml_loads_with_public_keys():
         ({"train": {"n_critic": 0}}, "params.yaml: train.n_critic must be an integer >= 1, got 0"),
         ({"train": {"n_critic": 1001}}, "params.yaml: train.n_critic must be an integer >= 1 <= 1000, got 1001"),
         ({"train": {"n_critic": 1.5}}, "params.yaml: train.n_critic must be an integer, got 1.5"),
-        ({"train": {"steps": True}}, "params.yaml: train.steps must be an integer, got True"),
+        ({"train": {"steps": True}}, "params.yaml: train.steps must be an integer or auto, got True"),
         ({"train": {"lr_g": "fast"}}, "params.yaml: train.lr_g must be a number, got 'fast'"),
         ({"train": {"lr_d": 0}}, "params.yaml: train.lr_d must be a number > 0, got 0.0"),
         ({"train": {"beta2": -0.5}}, "params.yaml: train.beta2 must be a number >= 0, got -0.5"),
@@ -76,6 +76,15 @@ def test_overrides_apply_and_are_validated():
 def test_d_norm_auto_resolves_per_loss():
     assert parse_params({"train": {"loss": "wgan-gp"}}).resolved_d_norm() == "layer"
     assert parse_params({"train": {"loss": "bce"}}).resolved_d_norm() == "batch"
+
+
+def test_steps_auto_resolves_by_the_data_channels():
+    p = parse_params({})
+    assert p.train.steps == "auto"
+    assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 4000)
+    assert parse_params({"train": {"steps": 700}}).resolved(channels=3).train.steps == 700  # a number is kept
+    with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be .* train.steps \(auto: 2500 or more\), got 3000"):
+        parse_params({"train": {"cond_ramp_end_steps": 3000}})
 
 
 def test_missing_and_invalid_files(tmp_path):
@@ -160,9 +169,9 @@ def test_overrides_and_code_keep_defaults_for_missing_sections():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("train.steps", "1:30", "params.yaml: train.steps must be an integer, got '1:30'"),  # YAML 1.1 read 90
-        ("train.steps", "1_000", "params.yaml: train.steps must be an integer, got '1_000'"),
-        ("train.steps", "0b101", "params.yaml: train.steps must be an integer, got '0b101'"),
+        ("train.steps", "1:30", "params.yaml: train.steps must be an integer or auto, got '1:30'"),  # YAML 1.1 read 90
+        ("train.steps", "1_000", "params.yaml: train.steps must be an integer or auto, got '1_000'"),
+        ("train.steps", "0b101", "params.yaml: train.steps must be an integer or auto, got '0b101'"),
         ("data.download", "yes", "params.yaml: data.download must be true or false, got 'yes'"),
         ("data.download", "on", "params.yaml: data.download must be true or false, got 'on'"),
         ("train.channels_last", "No", "params.yaml: train.channels_last must be true or false, got 'No'"),
@@ -170,7 +179,7 @@ def test_overrides_and_code_keep_defaults_for_missing_sections():
         ("train.lr_g", ".nan", "params.yaml: train.lr_g must be a finite number, got nan"),
         ("train.lr_g", ".inf", "params.yaml: train.lr_g must be a finite number, got inf"),
         ("train.gp_weight", "-.Inf", "params.yaml: train.gp_weight must be a finite number, got -inf"),
-        ("train.steps", ".NaN", "params.yaml: train.steps must be an integer, got nan"),
+        ("train.steps", ".NaN", "params.yaml: train.steps must be an integer or auto, got nan"),
         ("train.batch_size", "1" + "0" * 30,
          "params.yaml: train.batch_size must be an integer >= 1 <= 65536, got 1000000000000000000000000000000"),
         ("train.seed", "100000000000000",
@@ -222,7 +231,7 @@ def test_a_file_written_by_dvc_exp_run_set_param_loads(tmp_path):
 def test_overrides_are_read_as_yaml_1_2_and_refuse_bad_yaml():
     p = parse_params({}, ["train.lr_g=1e-4", "train.mixed_precision=no", "model.conditional=false"])
     assert (p.train.lr_g, p.train.mixed_precision, p.model.conditional) == (1e-4, "no", "false")
-    with pytest.raises(ParamsError, match=r"^params.yaml: train.steps must be an integer, got '1:30'$"):
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.steps must be an integer or auto, got '1:30'$"):
         parse_params({}, ["train.steps=1:30"])
     with pytest.raises(ParamsError, match=r"^params.yaml: override 'train.steps=\[1' is not valid YAML: "):
         parse_params({}, ["train.steps=[1"])

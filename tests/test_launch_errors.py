@@ -70,7 +70,7 @@ def _dvc_lines(stage: str, cmd: str, error: str) -> list[str]:
 
 BAD_VALUES = [
     ("train", "train", "n_critic", 0, "error: params.yaml: train.n_critic must be an integer >= 1, got 0"),
-    ("train", "train", "steps", "many", "error: params.yaml: train.steps must be an integer, got 'many'"),
+    ("train", "train", "steps", "many", "error: params.yaml: train.steps must be an integer or auto, got 'many'"),
     ("train", "train", "n_critc", 2, "error: params.yaml: unknown key train.n_critc"),
     ("evaluate", "eval", "weights", "newest", "error: params.yaml: eval.weights must be one of"),
     ("export", "export", "promote_metric", "vibes", "error: params.yaml: export.promote_metric must be one of"),

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import yaml12
-from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES, Params
+from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES, AUTO_STEPS, Params
 from pipeline.errors import ParamsError
 
 
@@ -100,6 +100,14 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     return cls(**values)
 
 
+def _at_least(count: int | str, autos: dict) -> tuple[int, str]:
+    """A count that may be `auto`: the smallest it can resolve to, and how a message names it."""
+    if count != AUTO:
+        return count, str(count)
+    low = min(autos.values())
+    return low, f"{AUTO}: {low} or more"
+
+
 def _check_combinations(p: Params) -> None:
     penalties = p.gradient_penalties()
     if penalties and p.model.d_norm == "batch":
@@ -107,11 +115,11 @@ def _check_combinations(p: Params) -> None:
             f"params.yaml: model.d_norm=batch cannot be used with {penalties[0]}: BatchNorm mixes samples, "
             "so the per-sample gradient penalty is wrong; use auto, layer, instance or none"
         )
-    end = p.train.cond_ramp_end_steps
-    if end and not p.train.cond_ramp_start_steps <= end <= p.train.steps:
+    end, (steps, named) = p.train.cond_ramp_end_steps, _at_least(p.train.steps, AUTO_STEPS)
+    if end and not p.train.cond_ramp_start_steps <= end <= steps:
         raise ParamsError(
             f"params.yaml: train.cond_ramp_end_steps must be 0 or between train.cond_ramp_start_steps "
-            f"({p.train.cond_ramp_start_steps}) and train.steps ({p.train.steps}), got {end}"
+            f"({p.train.cond_ramp_start_steps}) and train.steps ({named}), got {end}"
         )
     if p.train.loss == "wgan" and p.model.spectral_norm:
         raise ParamsError(
@@ -125,12 +133,10 @@ def _check_combinations(p: Params) -> None:
         )
     if (problem := userinfo_problem(p.tracking.uri)) is not None:
         raise ParamsError(f"params.yaml: tracking.uri {problem}")
-    samples = p.eval.num_samples  # auto: the smaller count it can resolve to
-    low = min(AUTO_NUM_SAMPLES.values()) if samples == AUTO else samples
-    if p.eval.kid_subset_size > low:
+    samples, named = _at_least(p.eval.num_samples, AUTO_NUM_SAMPLES)
+    if p.eval.kid_subset_size > samples:
         raise ParamsError(
-            f"params.yaml: eval.kid_subset_size must be <= eval.num_samples "
-            f"({f'{AUTO}: {low} or more' if samples == AUTO else samples}), got {p.eval.kid_subset_size}"
+            f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({named}), got {p.eval.kid_subset_size}"
         )
 
 

@@ -33,10 +33,15 @@ LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan", "rpgan")
 ARCHS = ("dcgan", "resnet")  # pipeline.nets builds each
 AUTO = "auto"
 # eval.num_samples: auto, by the resolved extractor. The in-domain classifier embeds 2,000 samples in seconds; an
-# Inception (299 px) takes about 3 minutes per 1,000 images on 2 CPU cores, and a folder of a few thousand pictures
+# Inception (299 px) takes about 1.7 minutes per 1,000 images on 2 CPU cores, and a folder of a few thousand pictures
 # holds out only a few hundred reference pictures, which bound FID's precision more than the generated count does
 # (QUALITY.md: Real RGB pictures).
 AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
+# train.steps: auto, by the prepared data's channels. Grey digits meet their targets at 2,500 steps within a 4-minute
+# dvc repro; RGB pictures keep improving well past that (FID 150 -> 124 from 2,500 to 5,000 steps on OpenMoji), and
+# their budget is a 10-minute dvc repro on 2 CPU cores, which 4,000 steps keep for a folder of 3,000 pictures
+# (QUALITY.md: Real RGB pictures).
+AUTO_STEPS = {1: 2500, 3: 4000}
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -72,7 +77,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
-    steps: int = spec(2500, ge=1, le=MAX_STEPS, doc="generator updates")
+    steps: int | str = spec(AUTO, ge=1, le=MAX_STEPS, auto=True,
+                            doc="generator updates; auto = 2500 for grey data, 4000 for RGB (QUALITY.md)")
     batch_size: int = spec(64, ge=1, le=MAX_BATCH, doc="global batch, split across processes")
     seed: int = spec(0, ge=0, le=MAX_SEED)
     lr_g: float = spec(2e-4, gt=0.0)
@@ -190,6 +196,12 @@ class Params:
         if self.model.arch == "resnet":
             return "none"
         return "layer" if self.gradient_penalties() else "batch"
+
+    def resolved(self, channels: int) -> Params:
+        """These params with the `auto` values that depend on the prepared data's channels resolved (train.steps)."""
+        if self.train.steps != AUTO:
+            return self
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, steps=AUTO_STEPS[channels]))
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

@@ -48,10 +48,11 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
 
     `evaluator(G_ema) -> FID`, when given, runs every train.fid_every_steps and keeps the best generator.
     """
-    tc = params.train
     acc = accelerator or make_accelerator(params)
     main, world = acc.is_main_process, acc.num_processes
     meta = read_meta(paths.prepared)
+    params = params.resolved(channels=meta["shape"][0])  # train.steps: auto -> by grey or RGB data
+    tc = params.train
     if meta["shape"][1] != params.data.image_size:
         raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "
                         f"{params.data.image_size}; run the prepare stage again (dvc repro prepare)")
