@@ -81,7 +81,7 @@ def test_d_norm_auto_resolves_per_loss():
 def test_steps_auto_resolves_by_the_data_channels():
     p = parse_params({})
     assert p.train.steps == "auto"
-    assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 4000)
+    assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 3000)
     assert parse_params({"train": {"steps": 700}}).resolved(channels=3).train.steps == 700  # a number is kept
     with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be .* train.steps \(auto: 2500 or more\), got 3000"):
         parse_params({"train": {"cond_ramp_end_steps": 3000}})

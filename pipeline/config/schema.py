@@ -39,9 +39,9 @@ AUTO = "auto"
 AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
 # train.steps: auto, by the prepared data's channels. Grey digits meet their targets at 2,500 steps within a 4-minute
 # dvc repro; RGB pictures keep improving well past that (FID 150 -> 124 from 2,500 to 5,000 steps on OpenMoji), and
-# their budget is a 10-minute dvc repro on 2 CPU cores, which 4,000 steps keep for a folder of 3,000 pictures
-# (QUALITY.md: Real RGB pictures).
-AUTO_STEPS = {1: 2500, 3: 4000}
+# their budget is a 10-minute dvc repro on 2 CPU cores, which 3,000 steps keep for a labelled folder of 3,000
+# pictures (4,000 took 612 s on 2,456; QUALITY.md: Real RGB pictures).
+AUTO_STEPS = {1: 2500, 3: 3000}
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -78,7 +78,7 @@ class ModelConfig:
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
     steps: int | str = spec(AUTO, ge=1, le=MAX_STEPS, auto=True,
-                            doc="generator updates; auto = 2500 for grey data, 4000 for RGB (QUALITY.md)")
+                            doc="generator updates; auto = 2500 for grey data, 3000 for RGB (QUALITY.md)")
     batch_size: int = spec(64, ge=1, le=MAX_BATCH, doc="global batch, split across processes")
     seed: int = spec(0, ge=0, le=MAX_SEED)
     lr_g: float = spec(2e-4, gt=0.0)
