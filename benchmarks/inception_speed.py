@@ -15,10 +15,9 @@ import argparse
 import time
 
 import torch
-from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from pipeline.evaluation.extractors import NVIDIA_INSTALL, nvidia_inception_file
-from pipeline.evaluation.nvidia_inception import load_eager, load_torchscript
+from pipeline.evaluation.nvidia_inception import graph_input, load_eager, load_torchscript
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
     def run(net: torch.nn.Module, channels_last: bool) -> torch.Tensor:
-        x = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
-        x = (x - 128) / 128
+        x = graph_input(images)
         return net(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
     variants = {"torchscript as loaded": (load_torchscript(str(path)), False),

@@ -131,9 +131,8 @@ def test_same_features_as_the_torchscript_file_and_torch_fidelity_inception(unla
     torch-fidelity's inception-v3-compat computes when given that file's weights: only the weights file could make
     the two FIDs differ."""
     import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-    from pipeline.evaluation.nvidia_inception import load_torchscript
+    from pipeline.evaluation.nvidia_inception import graph_input, load_torchscript
 
     s = unlabelled["scorer"]
     ours = s.fe
@@ -151,9 +150,8 @@ def test_same_features_as_the_torchscript_file_and_torch_fidelity_inception(unla
     images = torch.cat([torch.from_numpy(unlabelled["train"][:2]),
                         torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                                       dtype=torch.uint8)])
-    scaled = (interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False) - 128) / 128
     with torch.no_grad():
-        a, b, c = ours(images)[0], ref(images)[0], load_torchscript(s.extractor.weights_path)(scaled)
+        a, b, c = ours(images)[0], ref(images)[0], load_torchscript(s.extractor.weights_path)(graph_input(images))
     assert a.shape == (4, 2048) and a.abs().max() > 0.5
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)

@@ -22,7 +22,6 @@ import torch
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch import nn
-from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
@@ -98,9 +97,8 @@ class NvidiaInceptionExtractor(_EagerExtractor):
         return "2048"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # uint8 (B, 3, H, W) -> TF1-style bilinear resize (B, 3, 299, 299) -> [-1, 0.992] as the TF graph scales it.
-        x = interpolate_bilinear_2d_like_tensorflow1x(x.to(torch.float32), size=(299, 299), align_corners=False)
-        return (self.net(((x - 128) / 128).contiguous(memory_format=torch.channels_last)),)  # (B, 2048)
+        x = nvidia_inception.graph_input(x).contiguous(memory_format=torch.channels_last)
+        return (self.net(x),)  # (B, 2048)
 
 
 @dataclass(frozen=True)
