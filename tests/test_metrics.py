@@ -64,6 +64,20 @@ def test_real_data_is_the_ceiling_and_noise_the_floor(world):
     assert noise[kid] > 10 * max(abs(train[kid]), train["kernel_inception_distance_std"])
 
 
+@pytest.mark.parametrize("n_a, n_b, dim", [(100, 49, 2048), (300, 200, 64)])
+def test_frechet_distance_equals_torch_fidelitys_fid(n_a, n_b, dim):
+    """The intra-FIDs' SVD route gives torch-fidelity's FID, whether the covariances are far from full rank (a
+    class's 100 samples against 49 pictures in 2048 dimensions) or full rank."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n_a, dim, generator=g)
+    b = 1.3 * torch.randn(n_b, dim, generator=g) @ torch.randn(dim, dim, generator=g) / dim**0.5 + 0.2
+    want = fid_statistics_to_metric(*(fid_features_to_statistics(f) for f in (a, b)), False)["frechet_inception_distance"]
+    assert metrics.frechet_distance(a, b) == pytest.approx(want, rel=1e-6)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_metrics_do_not_depend_on_batch_size(world):
     g = varied_generator()
     results = []
