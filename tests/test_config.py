@@ -20,7 +20,7 @@ def test_real_params_yaml_loads_with_public_keys():
     assert p.data.dataset == "digits"
     assert p.train.loss in ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
     assert p.tracking.uri == "sqlite:///mlflow.db"
-    assert p.train.lr_g == pytest.approx(2e-4) and (p.train.beta1, p.train.beta2) == (0.5, 0.999)
+    assert p.train.lr_g == p.train.lr_d == "auto" and (p.train.beta1, p.train.beta2) == (0.5, 0.999)
     for key in ("data.dataset", "data.image_size", "model.arch", "train.loss", "train.steps", "train.batch_size",
                 "train.seed", "tracking.uri", "export.model_name"):
         assert key in p.flat()
@@ -33,7 +33,7 @@ def test_real_params_yaml_loads_with_public_keys():
         ({"train": {"n_critic": 1001}}, "params.yaml: train.n_critic must be an integer >= 1 <= 1000, got 1001"),
         ({"train": {"n_critic": 1.5}}, "params.yaml: train.n_critic must be an integer, got 1.5"),
         ({"train": {"steps": True}}, "params.yaml: train.steps must be an integer or auto, got True"),
-        ({"train": {"lr_g": "fast"}}, "params.yaml: train.lr_g must be a number, got 'fast'"),
+        ({"train": {"lr_g": "fast"}}, "params.yaml: train.lr_g must be a number or auto, got 'fast'"),
         ({"train": {"lr_d": 0}}, "params.yaml: train.lr_d must be a number > 0, got 0.0"),
         ({"train": {"beta2": -0.5}}, "params.yaml: train.beta2 must be a number >= 0, got -0.5"),
         ({"train": {"beta2": 1.5}}, "params.yaml: train.beta2 must be a number >= 0 <= 1, got 1.5"),
@@ -78,11 +78,14 @@ def test_d_norm_auto_resolves_per_loss():
     assert parse_params({"train": {"loss": "bce"}}).resolved_d_norm() == "batch"
 
 
-def test_steps_auto_resolves_by_the_data_channels():
+def test_steps_and_learning_rates_auto_resolve_by_the_data_channels():
     p = parse_params({})
     assert p.train.steps == "auto"
     assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 3000)
     assert parse_params({"train": {"steps": 700}}).resolved(channels=3).train.steps == 700  # a number is kept
+    rgb, grey = p.resolved(channels=3).train, p.resolved(channels=1).train  # the learning rates alike
+    assert (grey.lr_g, grey.lr_d, rgb.lr_g, rgb.lr_d) == (2e-4, 2e-4, 1.6e-3, 1.6e-3)
+    assert parse_params({"train": {"lr_g": 5e-4}}).resolved(channels=3).train.lr_g == 5e-4
     with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be .* train.steps \(auto: 2500 or more\), got 3000"):
         parse_params({"train": {"cond_ramp_end_steps": 3000}})
 
@@ -175,7 +178,7 @@ def test_overrides_and_code_keep_defaults_for_missing_sections():
         ("data.download", "yes", "params.yaml: data.download must be true or false, got 'yes'"),
         ("data.download", "on", "params.yaml: data.download must be true or false, got 'on'"),
         ("train.channels_last", "No", "params.yaml: train.channels_last must be true or false, got 'No'"),
-        ("train.lr_g", "1:30.5", "params.yaml: train.lr_g must be a number, got '1:30.5'"),
+        ("train.lr_g", "1:30.5", "params.yaml: train.lr_g must be a number or auto, got '1:30.5'"),
         ("train.lr_g", ".nan", "params.yaml: train.lr_g must be a finite number, got nan"),
         ("train.lr_g", ".inf", "params.yaml: train.lr_g must be a finite number, got inf"),
         ("train.gp_weight", "-.Inf", "params.yaml: train.gp_weight must be a finite number, got -inf"),
@@ -281,7 +284,7 @@ def _int_fields() -> list[tuple[str, dict]]:
         cls = type(section.default_factory())
         hints = typing.get_type_hints(cls)
         out += [(f"{section.name}.{f.name}", dict(f.metadata)) for f in dataclasses.fields(cls)
-                if hints[f.name] is int or f.metadata.get("auto")]  # int | str: an integer, or "auto"
+                if int in (hints[f.name], *typing.get_args(hints[f.name]))]  # int | str: an integer, or "auto"
     return out
 
 

@@ -153,14 +153,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
         _assert_same(x, y)
 
 
-def test_steps_auto_trains_the_data_s_count_and_records_it(prepared_dir, tmp_path, monkeypatch):
+def test_steps_and_lr_auto_train_the_data_s_values_and_record_them(prepared_dir, tmp_path, monkeypatch):
     from pipeline.config import schema
 
     monkeypatch.setattr(schema, "AUTO_STEPS", {1: 8, 3: 10})  # the digits are grey: 8 here, 2500 for real
-    metrics = run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": "auto"}))
+    metrics = run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": "auto", "lr_g": "auto", "lr_d": "auto"}))
     assert metrics["steps"] == 8
     _, cfg = load_generator(tmp_path / "models" / "generator_ema.safetensors", tmp_path / "models" / "generator.json")
-    assert cfg["params"]["train"]["steps"] == 8  # the generator's params hold the resolved count
+    train = cfg["params"]["train"]  # the generator's params hold the resolved values
+    assert (train["steps"], train["lr_g"], train["lr_d"]) == (8, 2e-4, 2e-4)
 
 
 def test_schedule_only_changes_still_resume(prepared_dir, tmp_path):
