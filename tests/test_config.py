@@ -81,7 +81,7 @@ def test_d_norm_auto_resolves_per_loss():
 def test_steps_and_learning_rates_auto_resolve_by_the_data_channels():
     p = parse_params({})
     assert p.train.steps == "auto"
-    assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 3000)
+    assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 4000)
     assert parse_params({"train": {"steps": 700}}).resolved(channels=3).train.steps == 700  # a number is kept
     rgb, grey = p.resolved(channels=3).train, p.resolved(channels=1).train  # the learning rates alike
     assert (grey.lr_g, grey.lr_d, rgb.lr_g, rgb.lr_d) == (2e-4, 2e-4, 1.6e-3, 1.6e-3)
