@@ -40,11 +40,11 @@ AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
 # train.steps: auto, by the prepared data's channels. Grey digits meet their targets at 2,500 steps within a 4-minute
 # dvc repro; RGB pictures keep improving well past that (at 1.6e-3 on OpenMoji FID 111 -> 101 from 3,000 to 4,000
 # steps), and their budget is a 10-minute dvc repro on 2 CPU cores, which 4,000 steps keep for a labelled folder of
-# 3,000 pictures (it took 403 s at 3,000 steps on 2,456, and a step costs about 64 ms; QUALITY.md: Real RGB pictures).
+# 3,000 pictures (508 s on 2,456, and about 15 s more for 3,000; QUALITY.md: Real RGB pictures).
 AUTO_STEPS = {1: 2500, 3: 4000}
 # train.lr_g and lr_d: auto, by the prepared data's channels. Grey data keep DCGAN's 2e-4, with which the digits meet
 # their precision and recall targets on all five seeds (at 1.6e-3 two of five fell just short). On RGB pictures 8x that
-# rate trains as far in 3,000 steps as 2e-4 in about 5,500: OpenMoji FID 145 -> 111 flat, 139 -> 115 labelled, and
+# rate trains as far in 3,000 steps as 2e-4 in about 8,000: OpenMoji FID 145 -> 111 flat, 139 -> 115 labelled, and
 # level on Fluent's emoji (QUALITY.md: The learning rate for RGB pictures).
 AUTO_LR = {1: 2e-4, 3: 1.6e-3}
 METRICS = ("isc", "fid", "kid", "prc")
