@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from pipeline.config import DataConfig, Params, parse_params
-from pipeline.data import prepare, read_meta
-from pipeline.training.build import fingerprint
+from pipeline.data import prepare
 from pipeline.training.outputs import TrainPaths
 from pipeline.training.stage import train
 
@@ -38,13 +37,6 @@ def tiny_params(**sections: dict) -> Params:
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return parse_params(raw)
-
-
-def fingerprint_of(params: Params, prepared: Path) -> str:
-    """The checkpoint fingerprint the train stage gives `params` on these prepared data: of the params with their
-    `auto` values resolved for the data's channels, as the stage resolves them."""
-    meta = read_meta(prepared)
-    return fingerprint(params.resolved(channels=meta["shape"][0]), meta["hash"])
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

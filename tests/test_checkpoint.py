@@ -9,20 +9,22 @@ import shutil
 
 import pytest
 import torch
-from conftest import fingerprint_of, run_tiny, tiny_params
+from conftest import run_tiny, tiny_params
 from safetensors import SafetensorError
 
+from pipeline.data import read_meta
 from pipeline.errors import DivergenceError
 from pipeline.nets.weights import load_weights
 from pipeline.training import checkpoint, losses
 from pipeline.training import ema as ema_module
+from pipeline.training.build import fingerprint
 
 A = {"steps": 6}  # the tiny defaults: bce
 B = {"steps": 6, "loss": "wgan-gp"}
 
 
 def _fp(prepared, **train) -> str:
-    return fingerprint_of(tiny_params(train=train), prepared)
+    return fingerprint(tiny_params(train=train), read_meta(prepared))
 
 
 def _assert_same_generators(x, y):

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, dvc_repo, fingerprint_of, run_tiny, train_paths
+from conftest import REPO, TINY, dvc_repo, run_tiny, train_paths
 
 from pipeline.config import load_params
+from pipeline.data import read_meta
 from pipeline.nets.weights import load_weights
 from pipeline.training import checkpoint
+from pipeline.training.build import fingerprint
 
 # Tiny and single-threaded (bit-identical across processes), tracking on with the default `sqlite:///mlflow.db`.
 CRASH = {
@@ -264,7 +266,7 @@ def test_full_disk_fails_with_one_line_and_keeps_the_last_checkpoint(prepared_di
     done = _stage(params, prepared_dir, tmp_path / "out", ckpts)
     assert done.returncode != 0, done.stdout[-2000:]
     _assert_one_error_line(done.stderr, os.strerror(errno.ENOSPC))
-    _assert_last_good(ckpts, fingerprint_of(load_params(params), prepared_dir))
+    _assert_last_good(ckpts, fingerprint(load_params(params), read_meta(prepared_dir)))
 
 
 def _no_big_files(limit_bytes: int):
@@ -280,7 +282,7 @@ def test_unwritable_checkpoint_file_fails_and_keeps_the_last_checkpoint(prepared
     out, params = tmp_path / "out", _params_file(tmp_path / "params.yaml")
     run_tiny(prepared_dir, out, load_params(_params_file(tmp_path / "half.yaml", steps=6)))
     ckpts = train_paths(prepared_dir, out).checkpoints
-    fp = fingerprint_of(load_params(params), prepared_dir)
+    fp = fingerprint(load_params(params), read_meta(prepared_dir))
     limit = max(f.stat().st_size for f in (ckpts / fp / "step-0000006").iterdir()) // 2
     done = _stage(params, prepared_dir, out, ckpts, preexec_fn=_no_big_files(limit))
     assert done.returncode != 0, done.stdout[-2000:]

@@ -258,9 +258,10 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     torch-fidelity's eigenvalues of a 2048 x 2048 product (some 5-15 s a class on 2 cores), and it is more accurate
     there, as S_a S_b is far from full rank. Each side needs at least 2 rows."""
     x, y = (f.double() for f in (a, b))
-    xc, yc = x - x.mean(0), y - y.mean(0)
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
     na, nb = len(x) - 1, len(y) - 1
-    mean_term = (x.mean(0) - y.mean(0)).square().sum()
+    mean_term = (mx - my).square().sum()
     traces = xc.square().sum() / na + yc.square().sum() / nb
     tr_sqrt = torch.linalg.svdvals(xc @ yc.T).sum() / (na * nb) ** 0.5
     return float(mean_term + traces - 2 * tr_sqrt)
