@@ -52,6 +52,22 @@ def test_cutout_blanks_a_square_of_half_the_side():
     assert ((y == 0).all(dim=1).flatten(1).sum(dim=1) == 8 * 8).all()
 
 
+def test_augment_policy_applies_only_the_named_transforms_in_a_fixed_order():
+    x = torch.ones(16, 3, 16, 16)
+    torch.manual_seed(4)
+    cut = augment.augment(x, 1.0, ("cutout",))
+    assert set(cut.unique().tolist()) == {0.0, 1.0}  # no colour change, no shift: only cut-out squares
+    assert ((cut == 0).all(dim=1).flatten(1).sum(dim=1) == 8 * 8).all()
+    torch.manual_seed(5)
+    a = augment.augment(x, 1.0, ("cutout", "colour"))
+    torch.manual_seed(5)
+    assert torch.equal(a, augment.augment(x, 1.0, ("colour", "cutout")))
+    torch.manual_seed(6)
+    full = augment.augment(x, 1.0)
+    torch.manual_seed(6)
+    assert torch.equal(full, augment.augment(x, 1.0, ("colour", "translation", "cutout")))  # the default policy
+
+
 def test_gradients_reach_the_generator_through_the_augmentation():
     torch.manual_seed(3)
     cfg = NetConfig(z_dim=8, image_size=16, channels=1, g_channels=4, d_channels=4, num_classes=3)

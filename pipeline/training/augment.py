@@ -50,17 +50,19 @@ def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-TRANSFORMS = (_colour, _translate, _cutout)
+TRANSFORMS = {"colour": _colour, "translation": _translate, "cutout": _cutout}  # DiffAugment's policy, in its order
 
 
-def augment(x: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
-    """x (B, C, H, W) -> the same shape, each transform applied to each image with probability p."""
+def augment(x: torch.Tensor, p: float | torch.Tensor, policy: tuple[str, ...] = tuple(TRANSFORMS)) -> torch.Tensor:
+    """x (B, C, H, W) -> the same shape, each transform of `policy` applied to each image with probability p (in
+    TRANSFORMS' order, whatever the policy's)."""
     if isinstance(p, (int, float)) and p <= 0:
         return x
     p = torch.as_tensor(p, device=x.device)
-    for transform in TRANSFORMS:
-        hit = torch.rand(x.shape[0], device=x.device) < p  # (B,)
-        x = _where(hit, transform(x), x)
+    for name, transform in TRANSFORMS.items():
+        if name in policy:
+            hit = torch.rand(x.shape[0], device=x.device) < p  # (B,)
+            x = _where(hit, transform(x), x)
     return x
 
 

@@ -167,7 +167,7 @@ class GANStep:
         return torch.randint(self.cfg.num_classes, (self.per_rank,), device=self.device)
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        return augment.augment(x, self.ada.p if self.ada is not None else self.augment_p)
+        return augment.augment(x, self.ada.p if self.ada is not None else self.augment_p, self.tc.augment_policy)
 
     def _autocast(self):
         return self.acc.autocast(autocast_handler=self.autocast_kwargs)
