@@ -86,8 +86,13 @@ def test_steps_and_learning_rates_auto_resolve_by_the_data_channels():
     rgb, grey = p.resolved(channels=3).train, p.resolved(channels=1).train  # the learning rates alike
     assert (grey.lr_g, grey.lr_d, rgb.lr_g, rgb.lr_d) == (2e-4, 2e-4, 1.6e-3, 1.6e-3)
     assert parse_params({"train": {"lr_g": 5e-4}}).resolved(channels=3).train.lr_g == 5e-4
-    with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be .* train.steps \(auto: 2500 or more\), got 3000"):
-        parse_params({"train": {"cond_ramp_end_steps": 3000}})
+    with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be .* train.steps \(auto: 4000 or less\), got 5000"):
+        parse_params({"train": {"cond_ramp_end_steps": 5000}})
+    ramp = parse_params({"train": {"cond_ramp_end_steps": 3000}})  # within RGB's 4,000 steps, past grey data's 2,500
+    assert ramp.resolved(channels=3).train.steps == 4000
+    with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be at most train.steps \(auto: 2500 for grey "
+                                          r"data\), got 3000"):
+        ramp.resolved(channels=1)
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -100,12 +100,13 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     return cls(**values)
 
 
-def _at_least(count: int | str, autos: dict) -> tuple[int, str]:
-    """A count that may be `auto`: the smallest it can resolve to, and how a message names it."""
+def _auto_bound(count: int | str, autos: dict, bound=min) -> tuple[int, str]:
+    """A count that may be `auto`: the smallest (or, with bound=max, largest) it can resolve to, and how a message
+    names it. `Params.resolved` checks the steps again against the count they resolve to."""
     if count != AUTO:
         return count, str(count)
-    low = min(autos.values())
-    return low, f"{AUTO}: {low} or more"
+    value = bound(autos.values())
+    return value, f"{AUTO}: {value} or {'more' if bound is min else 'less'}"
 
 
 def _check_combinations(p: Params) -> None:
@@ -115,7 +116,7 @@ def _check_combinations(p: Params) -> None:
             f"params.yaml: model.d_norm=batch cannot be used with {penalties[0]}: BatchNorm mixes samples, "
             "so the per-sample gradient penalty is wrong; use auto, layer, instance or none"
         )
-    end, (steps, named) = p.train.cond_ramp_end_steps, _at_least(p.train.steps, AUTO_STEPS)
+    end, (steps, named) = p.train.cond_ramp_end_steps, _auto_bound(p.train.steps, AUTO_STEPS, max)
     if end and not p.train.cond_ramp_start_steps <= end <= steps:
         raise ParamsError(
             f"params.yaml: train.cond_ramp_end_steps must be 0 or between train.cond_ramp_start_steps "
@@ -133,7 +134,7 @@ def _check_combinations(p: Params) -> None:
         )
     if (problem := userinfo_problem(p.tracking.uri)) is not None:
         raise ParamsError(f"params.yaml: tracking.uri {problem}")
-    samples, named = _at_least(p.eval.num_samples, AUTO_NUM_SAMPLES)
+    samples, named = _auto_bound(p.eval.num_samples, AUTO_NUM_SAMPLES)
     if p.eval.kid_subset_size > samples:
         raise ParamsError(
             f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({named}), got {p.eval.kid_subset_size}"

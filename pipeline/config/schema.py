@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import ParamsError
+
 
 def spec(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
          choices: tuple | None = None, auto: bool = False, doc: str = "") -> Any:
@@ -211,7 +213,13 @@ class Params:
         lr_g and lr_d."""
         tables = {"steps": AUTO_STEPS, "lr_g": AUTO_LR, "lr_d": AUTO_LR}
         changes = {key: table[channels] for key, table in tables.items() if getattr(self.train, key) == AUTO}
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes)) if changes else self
+        if not changes:
+            return self
+        end, steps = self.train.cond_ramp_end_steps, changes.get("steps", self.train.steps)
+        if end > steps:  # the parse checked it against the largest auto count only
+            raise ParamsError(f"params.yaml: train.cond_ramp_end_steps must be at most train.steps ({AUTO}: {steps} "
+                              f"for {'RGB' if channels == 3 else 'grey'} data), got {end}")
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
