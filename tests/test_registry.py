@@ -28,6 +28,7 @@ from export_helpers import (
 
 from pipeline.commands import generate
 from pipeline.commands import registry as registry_cli
+from pipeline.errors import TrackingError
 from pipeline.export import stage as export
 from pipeline.nets.sampling import to_uint8
 from pipeline.registry import client as model_registry
@@ -245,3 +246,31 @@ def test_settle_moves_a_stale_writers_alias_to_the_best_candidate(tmp_path):
     assert registry.settle(uri, "race") == third
     assert [v["tags"].get(registry.TAG_CANDIDATE) for v in model_registry.list_versions(uri, "race")] == [
         None, None, "true"]
+
+
+def test_a_writer_that_loses_the_race_to_create_the_alias_sets_it_again(tmp_path, monkeypatch):
+    """Two first exports both find no champion and both insert the alias: the server refuses the second insert.
+    The loser's move then finds the alias and sets it as an update, so it can go on to settle."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store.prepare_store(uri)
+    first, second = _versions(uri, "race", [2.0, 1.0])
+    set_alias, calls = MlflowClient.set_registered_model_alias, []
+
+    def racing(self, name, alias, version):
+        calls.append(version)
+        if len(calls) == 1:  # the other writer's insert lands first, and this one's is refused
+            set_alias(self, name, alias, first)
+            raise MlflowException('duplicate key value violates unique constraint "registered_model_alias_pk"')
+        return set_alias(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", racing)
+    model_registry.move_champion(uri, "race", second, previous=None)
+    assert calls == [second, second] and model_registry.model_version(uri, "race")["version"] == second
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias",
+                        lambda *a: (_ for _ in ()).throw(MlflowException("refused")))
+    with pytest.raises(TrackingError, match="moving the champion alias of race to v1 failed: MlflowException: refus"):
+        model_registry.move_champion(uri, "race", first, previous=second)  # a failure that recurs is raised
+

@@ -165,7 +165,15 @@ def move_champion(uri: str, name: str, version: str, previous: str | None) -> No
     def move(client):
         if previous is not None and previous != str(version):
             client.set_model_version_tag(name, str(version), PREVIOUS_TAG, previous)
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+        try:
+            client.set_registered_model_alias(name, CHAMPION, str(version))
+        except Exception:
+            # Two writers that both found no alias both insert it, and the server refuses the second insert (a
+            # unique-key violation on PostgreSQL, MySQL or SQLite alike). The alias exists now, so setting it again
+            # is an update; any other failure recurs, or finds no alias, and is raised.
+            if CHAMPION not in client.get_registered_model(name).aliases:
+                raise
+            client.set_registered_model_alias(name, CHAMPION, str(version))
 
     _registry_call(f"moving the {CHAMPION} alias of {name} to v{version}", uri, move,
                    f"EDIT on registered model {name!r}")
