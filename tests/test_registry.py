@@ -249,8 +249,8 @@ def test_settle_moves_a_stale_writers_alias_to_the_best_candidate(tmp_path):
 
 
 def test_a_writer_that_loses_the_race_to_create_the_alias_sets_it_again(tmp_path, monkeypatch):
-    """Two first exports both find no champion and both insert the alias: the server refuses the second insert.
-    The loser's move then finds the alias and sets it as an update, so it can go on to settle."""
+    """Two first exports both find no champion and both insert the alias (or the same version's tag): the server
+    refuses the second insert. The loser's move sets the key again, now an update, so it can go on to settle."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
