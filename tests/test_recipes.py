@@ -11,6 +11,7 @@ import torch
 from conftest import run_tiny, tiny_params
 
 from pipeline.config import ARCHS, LOSSES, DataConfig, ParamsError, parse_params
+from pipeline.config.schema import AUGMENT_POLICY
 from pipeline.data import prepare
 from pipeline.errors import DataError
 from pipeline.nets import NetConfig, build, make_generator, weights
@@ -66,6 +67,7 @@ def test_augment_policy_applies_only_the_named_transforms_in_a_fixed_order():
     full = augment.augment(x, 1.0)
     torch.manual_seed(6)
     assert torch.equal(full, augment.augment(x, 1.0, ("colour", "translation", "cutout")))  # the default policy
+    assert tuple(augment.TRANSFORMS) == AUGMENT_POLICY  # the params' default and choices name every transform
 
 
 def test_gradients_reach_the_generator_through_the_augmentation():

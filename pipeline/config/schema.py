@@ -213,13 +213,11 @@ class Params:
         lr_g and lr_d."""
         tables = {"steps": AUTO_STEPS, "lr_g": AUTO_LR, "lr_d": AUTO_LR}
         changes = {key: table[channels] for key, table in tables.items() if getattr(self.train, key) == AUTO}
-        if not changes:
-            return self
-        end, steps = self.train.cond_ramp_end_steps, changes.get("steps", self.train.steps)
-        if end > steps:  # the parse checked it against the largest auto count only
+        end, steps = self.train.cond_ramp_end_steps, changes.get("steps")
+        if steps is not None and end > steps:  # the parse checked an auto count against its largest value only
             raise ParamsError(f"params.yaml: train.cond_ramp_end_steps must be at most train.steps ({AUTO}: {steps} "
                               f"for {'RGB' if channels == 3 else 'grey'} data), got {end}")
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes)) if changes else self
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
