@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.nets import NetConfig, build
+from pipeline.nets.common import MinibatchStd
 from pipeline.nets.sampling import from_uint8, to_uint8
 
 
@@ -28,6 +29,36 @@ def test_discriminator_variants(norm):
     assert any("parametrizations" in name for name, _ in d.named_modules())
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
     assert has_bn == (norm == "batch")
+
+
+def test_minibatch_std_appends_each_groups_spread():
+    """Images i and i + B/g share a group of g; each gets its group's std, averaged over channels and pixels."""
+    x = torch.zeros(8, 2, 3, 3)
+    x[0] = 2.0  # group {0, 2, 4, 6} (B = 8, groups of 4): std over the group of (2, 0, 0, 0) is sqrt(0.75)
+    y = MinibatchStd()(x)
+    assert y.shape == (8, 3, 3, 3) and torch.equal(y[:, :2], x)
+    spread = y[:, 2]
+    assert torch.allclose(spread[0::2], torch.full((4, 3, 3), 0.75**0.5), atol=1e-6)
+    assert torch.allclose(spread[1::2], torch.zeros(4, 3, 3), atol=1e-3)  # sqrt(1e-8): no NaN gradient at 0
+    assert MinibatchStd()(torch.randn(6, 2, 3, 3)).shape == (6, 3, 3, 3)  # 6 images: groups of 3
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_minibatch_std_discriminator_reads_the_batch(arch):
+    """With minibatch_std, an image's score depends on the rest of its batch; without, it does not."""
+    gen = torch.Generator().manual_seed(0)
+    varied = torch.randn(8, 3, 32, 32, generator=gen)
+    alike = varied[:1].expand(8, -1, -1, -1).clone()  # image 0's group has no spread
+    for mb in (False, True):
+        torch.manual_seed(0)
+        _, d = build(NetConfig(arch=arch, channels=3, d_channels=4, d_norm="none", minibatch_std=mb))
+        if mb:
+            with torch.no_grad():
+                d.out.weight[:, -1] = 1.0  # the spread's weight: at init (N(0, 0.02)) its effect is tiny
+        with torch.no_grad():
+            change = (d(varied)[0] - d(alike)[0]).abs().item()
+        assert change > 1e-3 if mb else change < 1e-6, change
+        assert d(varied).shape == (8,)
 
 
 def test_examples_architecture_at_64px():

@@ -75,6 +75,7 @@ class ModelConfig:
                        doc="auto = none for resnet; for dcgan batch, or layer under wgan-gp, R1 or R2")
     dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
+    minibatch_std: bool = spec(False, doc="D's last block sees the batch's feature spread (ProGAN's minibatch std)")
     conditional: str = spec("auto", choices=("auto", "true", "false"),
                             doc="class-conditional G and projection D; auto = on when the prepared data has labels")
     g_conditioning: str = spec("concat", choices=("cbn", "concat"),

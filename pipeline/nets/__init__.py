@@ -41,5 +41,6 @@ def net_config(params: Params, channels: int, num_classes: int = 0) -> NetConfig
     m = params.model
     return NetConfig(arch=m.arch, z_dim=m.z_dim, image_size=params.data.image_size, channels=channels,
                      g_channels=m.g_channels, d_channels=m.d_channels, d_norm=params.resolved_d_norm(),
-                     dropout=m.dropout, spectral_norm=m.spectral_norm, num_classes=num_classes,
+                     dropout=m.dropout, spectral_norm=m.spectral_norm, minibatch_std=m.minibatch_std,
+                     num_classes=num_classes,
                      g_conditioning=m.g_conditioning)

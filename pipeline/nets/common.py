@@ -26,6 +26,7 @@ class NetConfig:
     d_norm: str = "batch"
     dropout: float = 0.0
     spectral_norm: bool = False
+    minibatch_std: bool = False  # D: one more feature map, the spread of its features over groups of 4 images
     num_classes: int = 0  # > 0: class-conditional G and projection D; G(z, labels), D(x, labels)
     g_conditioning: str = "concat"  # DCGAN G: "cbn" (conditional BatchNorm) or "concat" (embedding next to z)
 
@@ -127,6 +128,22 @@ class ProjectionHead(ConditionScale):
         if labels is None:
             raise ValueError("this discriminator is class-conditional: pass labels")
         return self.cond_scale * (self.embed(labels) * features).sum(dim=1)  # (B,)
+
+
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation (Karras et al., 2018, arXiv:1710.10196): appends one feature map,
+    each image's group's feature spread (std over the group, averaged over channels and pixels), so D can see a
+    batch that lacks variety. Groups of `group` images, or the largest divisor of the batch under it."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = next(k for k in range(min(self.group, b), 0, -1) if b % k == 0)
+        spread = x.float().view(g, b // g, c, h, w).var(dim=0, unbiased=False).add(1e-8).sqrt().mean(dim=(1, 2, 3))
+        return torch.cat([x, spread.to(x.dtype).repeat(g).view(b, 1, 1, 1).expand(b, 1, h, w)], dim=1)
 
 
 def spectral_norm_fn(enabled: bool) -> Callable[[nn.Module], nn.Module]:

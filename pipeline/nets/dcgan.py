@@ -14,6 +14,7 @@ from torch import nn
 from pipeline.nets.common import (
     ClassEmbedding,
     CondBatchNorm,
+    MinibatchStd,
     NetConfig,
     ProjectionHead,
     g_norm,
@@ -89,11 +90,12 @@ class Discriminator(nn.Module):
                        nn.LeakyReLU(0.2, True), *drop]
             ch *= 2
         self.main = nn.Sequential(*layers)  # (B, ch, 4, 4)
-        self.out = sn(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))  # (B, 1, 1, 1)
+        self.mbstd = MinibatchStd() if cfg.minibatch_std else nn.Identity()
+        self.out = sn(nn.Conv2d(ch + cfg.minibatch_std, 1, 4, 1, 0, bias=False))  # (B, 1, 1, 1)
         self.apply(dcgan_init)
         self.project = ProjectionHead(cfg.num_classes, ch, sn) if cfg.num_classes else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.main(x)
-        score = self.out(h).flatten()
+        score = self.out(self.mbstd(h)).flatten()
         return score if self.project is None else score + self.project(h.sum(dim=(2, 3)), labels)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.nets.common import (
+    MinibatchStd,
     NetConfig,
     ProjectionHead,
     g_norm,
@@ -104,12 +105,13 @@ class ResNetDiscriminator(nn.Module):
         self.blocks = nn.Sequential(*(DBlock(a, b, cfg, first=i == 0)
                                       for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True))))
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.out = sn(nn.Linear(widths[-1], 1))
+        self.mbstd = MinibatchStd() if cfg.minibatch_std else nn.Identity()
+        self.out = sn(nn.Linear(widths[-1] + cfg.minibatch_std, 1))
         self.apply(_init)
         self.project = ProjectionHead(cfg.num_classes, widths[-1], sn) if cfg.num_classes else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = F.leaky_relu(self.blocks(x), 0.2).sum(dim=(2, 3))  # (B, w): sum pooling over the 4x4 map
         h = self.drop(h)
-        score = self.out(h).flatten()
+        score = self.out(self.mbstd(h[:, :, None, None]).flatten(1)).flatten()  # the projection takes h alone
         return score if self.project is None else score + self.project(h, labels)
