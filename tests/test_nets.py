@@ -61,6 +61,28 @@ def test_minibatch_std_discriminator_reads_the_batch(arch):
         assert d(varied).shape == (8,)
 
 
+@pytest.mark.parametrize("classes, conditioning", [(0, "concat"), (3, "concat"), (3, "cbn")])
+def test_skip_excitation_gates_g_from_16px_up(classes, conditioning):
+    """Stage k (4 * 2**k px) from 16x16 up is gated by stage k - 2: at 32 px stage 2 by stage 0, at 64 px stage 3
+    by stage 1 too. A closed gate zeroes its stage, and at 32 px that stage is all the image is made from."""
+    labels = torch.tensor([0, 1]) if classes else None
+    for size, pairs in ((32, {"2": (16, 4)}), (64, {"2": (16, 4), "3": (32, 8)})):
+        torch.manual_seed(0)
+        g, _ = build(NetConfig(image_size=size, channels=3, z_dim=8, g_channels=4, num_classes=classes,
+                               g_conditioning=conditioning, skip_excitation=True))
+        seen = {}
+        for k, sle in g.excite.items():
+            sle.register_forward_hook(lambda m, inp, out, k=k, seen=seen: seen.update({k: (inp[1].shape[-1],
+                                                                                      inp[0].shape[-1])}))
+        assert g(torch.randn(2, 8), labels).shape == (2, 3, size, size)
+        assert seen == pairs  # (gated stage's size, gating stage's size)
+    g, _ = build(NetConfig(image_size=32, channels=3, z_dim=8, g_channels=4, num_classes=classes,
+                           g_conditioning=conditioning, skip_excitation=True))
+    g.excite["2"].gate[-1] = torch.nn.Dropout(1.0)  # in train mode: a gate that is shut for every input
+    assert torch.equal(g(torch.randn(2, 8), labels), torch.zeros(2, 3, 32, 32))
+    assert not build(NetConfig(image_size=32, channels=3))[0].excite  # off by default
+
+
 def test_examples_architecture_at_64px():
     """At 64 px, z=100, 64 channels these are pytorch/examples' dcgan networks (3.58M G / 2.77M D params)."""
     g, d = build(NetConfig(image_size=64, channels=3, z_dim=100, g_channels=64, d_channels=64))

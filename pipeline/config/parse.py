@@ -122,6 +122,11 @@ def _check_combinations(p: Params) -> None:
             f"params.yaml: train.cond_ramp_end_steps must be 0 or between train.cond_ramp_start_steps "
             f"({p.train.cond_ramp_start_steps}) and train.steps ({named}), got {end}"
         )
+    if p.model.skip_excitation and (p.model.arch != "dcgan" or p.data.image_size < 32):
+        raise ParamsError(
+            f"params.yaml: model.skip_excitation=true needs model.arch=dcgan and data.image_size >= 32 (it gates "
+            f"G's 16x16 and larger feature maps), got {p.model.arch} at {p.data.image_size} px"
+        )
     if p.train.loss == "wgan" and p.model.spectral_norm:
         raise ParamsError(
             "params.yaml: model.spectral_norm=true cannot be used with train.loss=wgan: weight clipping would clamp "

@@ -76,6 +76,7 @@ class ModelConfig:
     dropout: float = spec(0.0, ge=0.0, le=0.9, doc="dropout in D")
     spectral_norm: bool = spec(False, doc="spectral norm on D's weights")
     minibatch_std: bool = spec(False, doc="D's last block sees the batch's feature spread (ProGAN's minibatch std)")
+    skip_excitation: bool = spec(False, doc="DCGAN G, 32 px and up: FastGAN's skip-layer excitation")
     conditional: str = spec("auto", choices=("auto", "true", "false"),
                             doc="class-conditional G and projection D; auto = on when the prepared data has labels")
     g_conditioning: str = spec("concat", choices=("cbn", "concat"),

@@ -42,5 +42,5 @@ def net_config(params: Params, channels: int, num_classes: int = 0) -> NetConfig
     return NetConfig(arch=m.arch, z_dim=m.z_dim, image_size=params.data.image_size, channels=channels,
                      g_channels=m.g_channels, d_channels=m.d_channels, d_norm=params.resolved_d_norm(),
                      dropout=m.dropout, spectral_norm=m.spectral_norm, minibatch_std=m.minibatch_std,
-                     num_classes=num_classes,
+                     skip_excitation=m.skip_excitation, num_classes=num_classes,
                      g_conditioning=m.g_conditioning)

@@ -27,6 +27,7 @@ class NetConfig:
     dropout: float = 0.0
     spectral_norm: bool = False
     minibatch_std: bool = False  # D: one more feature map, the spread of its features over groups of 4 images
+    skip_excitation: bool = False  # DCGAN G: each feature map from 16x16 up is gated by the one 4x smaller
     num_classes: int = 0  # > 0: class-conditional G and projection D; G(z, labels), D(x, labels)
     g_conditioning: str = "concat"  # DCGAN G: "cbn" (conditional BatchNorm) or "concat" (embedding next to z)
 

@@ -37,9 +37,23 @@ def dcgan_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+class SkipExcitation(nn.Module):
+    """FastGAN's skip-layer excitation (Liu et al., 2021, arXiv:2101.04775): a feature map 4x smaller gates the
+    channels of a larger one, a shortcut from G's coarse layout to its fine stages that costs almost nothing."""
+
+    def __init__(self, low: int, high: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Conv2d(low, high, 4, 1, 0, bias=False),
+                                  nn.LeakyReLU(0.1, True), nn.Conv2d(high, high, 1, 1, 0, bias=False), nn.Sigmoid())
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        return high * self.gate(low)
+
+
 class Generator(nn.Module):
     """z (B, z_dim) [, labels (B,)] -> image (B, C, S, S) in [-1, 1]. Conditional, "cbn": every BatchNorm takes its
-    scale and shift from the class; "concat": a class embedding enters the first layer next to z."""
+    scale and shift from the class; "concat": a class embedding enters the first layer next to z. With
+    skip_excitation, each stage's output from 16x16 up is gated by the stage's two doublings before it."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
@@ -59,17 +73,28 @@ class Generator(nn.Module):
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
+        widths = [cfg.g_channels * 2 ** (n - 1 - k) for k in range(n)]  # stage k's output: 4 * 2**k px
+        # keyed by stage: stage k >= 2 is gated by stage k - 2
+        self.excite = nn.ModuleDict({str(k): SkipExcitation(widths[k - 2], widths[k])
+                                     for k in range(2, n) if cfg.skip_excitation})
         self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.cfg.num_classes:
-            return self.main(z.view(z.shape[0], -1, 1, 1))
-        labels = require_labels(self.cfg, labels)
-        if self.embed is not None:
-            return self.main(torch.cat([z, self.embed(labels)], dim=1).view(z.shape[0], -1, 1, 1))
         h = z.view(z.shape[0], -1, 1, 1)
+        if self.cfg.num_classes:
+            labels = require_labels(self.cfg, labels)
+            if self.embed is not None:
+                h = torch.cat([z, self.embed(labels)], dim=1).view(z.shape[0], -1, 1, 1)
+        if not self.excite and (self.embed is not None or not self.cfg.num_classes):
+            return self.main(h)
+        stages: list[torch.Tensor] = []
         for layer in self.main:
             h = layer(h, labels) if isinstance(layer, CondBatchNorm) else layer(h)
+            if isinstance(layer, nn.ReLU):  # the end of a stage
+                k = len(stages)
+                if str(k) in self.excite:
+                    h = self.excite[str(k)](stages[k - 2], h)
+                stages.append(h)
         return h
 
 

@@ -28,7 +28,8 @@ from pipeline.tracking.store import resolve_uri
 
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 # What must match between the source generator and this run's G for its weights to load.
-G_FIELDS = ("arch", "z_dim", "image_size", "channels", "g_channels", "num_classes", "g_conditioning")
+G_FIELDS = ("arch", "z_dim", "image_size", "channels", "g_channels", "num_classes", "g_conditioning",
+            "skip_excitation")
 _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))\Z")
 
 
