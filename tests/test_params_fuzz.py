@@ -80,6 +80,8 @@ Mutation = tuple[str | bytes, str]
 
 WRONG = {int: ["1.5", "'12'", "true", "[1]", "{a: 1}", "~", "twelve"],
          float: ["fast", "true", "[0.1]", "{a: 1}", "~", "'0.1'"],
+         int | str: ["1.5", "'12'", "true", "[1]", "~", "twelve"],  # an integer or auto
+         float | str: ["fast", "true", "[0.1]", "~", "'0.1'"],  # a number or auto
          bool: ["1", "0", "'true'", "maybe", "[true]", "~", "1.0"],
          str: ["[a]", "{a: b}", "7", "1.5", "~"],
          str | None: ["[a]", "{a: b}", "7", "1.5", "false"],
@@ -173,7 +175,7 @@ def non_yaml(rng: random.Random) -> Mutation:
         BASE.replace("dataset: digits", "dataset: dig\x00its"),
         BASE + "---\n" + BASE,
         BASE.replace("  root: data/raw", "  root: [data/raw"),
-        "data:\n  root: x\n   - y\n",
+        "data:\n  root: x\n  - y\n",  # ("   - y", deeper, would be valid: the plain scalar "x - y")
         "train: !!python/object/apply:os.system ['true']\n",
         "train: !!int 1:30\n",
     ]

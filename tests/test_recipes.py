@@ -138,6 +138,8 @@ def test_zero_centred_penalty_of_a_linear_critic_is_its_squared_norm_in_fp32():
     ({"train": {"augment": "flip"}}, "train.augment must be one of none, diffaug, ada"),
     ({"model": {"conditional": "yes"}}, "model.conditional must be one of auto, true, false"),
     ({"train": {"r1_gamma": -1}}, "train.r1_gamma must be a number >= 0"),
+    ({"train": {"steps": None}}, "train.steps must be an integer or auto, got None"),  # `steps: ~` is not auto
+    ({"eval": {"num_samples": None}}, "eval.num_samples must be an integer or auto, got None"),
     ({"train": {"augment_p": 1.5}}, "train.augment_p must be a number >= 0 <= 1"),
 ])
 def test_wrong_combinations_are_refused_in_one_line(raw, message):

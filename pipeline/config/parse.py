@@ -42,8 +42,10 @@ def _coerce(key: str, kind: Any, value: Any, meta: dict) -> Any:
         return value
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        return None if value is None else _coerce(key, args[0], value, meta)
+        args = typing.get_args(kind)
+        if value is None and type(None) in args:  # `int | str` (a number or auto) is not optional
+            return None
+        return _coerce(key, next(a for a in args if a is not type(None)), value, meta)
     if origin is tuple:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
