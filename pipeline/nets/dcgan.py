@@ -85,9 +85,10 @@ class Generator(nn.Module):
             labels = require_labels(self.cfg, labels)
             if self.embed is not None:
                 h = torch.cat([z, self.embed(labels)], dim=1).view(z.shape[0], -1, 1, 1)
-        if not self.excite and (self.embed is not None or not self.cfg.num_classes):
+        cbn = bool(self.cfg.num_classes) and self.embed is None
+        if not cbn and not self.excite:
             return self.main(h)
-        stages: list[torch.Tensor] = []
+        stages: list[torch.Tensor] = []  # each stage's output, for the excitation of the stage two doublings on
         for layer in self.main:
             h = layer(h, labels) if isinstance(layer, CondBatchNorm) else layer(h)
             if isinstance(layer, nn.ReLU):  # the end of a stage
