@@ -11,7 +11,7 @@ import torch
 from conftest import run_tiny, tiny_params
 
 from pipeline.config import ARCHS, LOSSES, DataConfig, ParamsError, parse_params
-from pipeline.config.schema import AUGMENT_POLICY
+from pipeline.config.schema import AUGMENT_TRANSFORMS
 from pipeline.data import prepare
 from pipeline.errors import DataError
 from pipeline.nets import NetConfig, build, make_generator, weights
@@ -67,7 +67,23 @@ def test_augment_policy_applies_only_the_named_transforms_in_a_fixed_order():
     full = augment.augment(x, 1.0)
     torch.manual_seed(6)
     assert torch.equal(full, augment.augment(x, 1.0, ("colour", "translation", "cutout")))  # the default policy
-    assert tuple(augment.TRANSFORMS) == AUGMENT_POLICY  # the params' default and choices name every transform
+    assert tuple(augment.TRANSFORMS) == AUGMENT_TRANSFORMS  # the params' choices name every transform
+
+
+def test_flip_mirrors_and_zoom_scales_about_the_centre():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert augment._flip(x)[0, 0, 0].tolist() == [3.0, 2.0, 1.0, 0.0]
+    img = torch.rand(4, 3, 16, 16)
+    assert torch.allclose(augment._zoom(img, std=0.0), img, atol=1e-5)  # scale 1 is the identity
+    square = torch.zeros(256, 1, 32, 32)
+    square[..., 12:20, 12:20] = 1.0  # 8 x 8, centred
+    torch.manual_seed(7)
+    zoomed = augment._zoom(square)
+    torch.manual_seed(7)
+    scale = torch.exp2(0.2 * torch.randn(256))
+    assert scale.min() < 0.8 and scale.max() > 1.25  # the draws span both ways
+    torch.testing.assert_close(zoomed.flatten(1).sum(dim=1), 64 * scale**2, rtol=0.1, atol=0.0)
+    torch.testing.assert_close(zoomed, augment._flip(zoomed), rtol=0.0, atol=1e-5)  # still centred: mirror-symmetric
 
 
 def test_gradients_reach_the_generator_through_the_augmentation():
@@ -76,7 +92,8 @@ def test_gradients_reach_the_generator_through_the_augmentation():
     for arch in ARCHS:
         G, D = build(NetConfig(**{**cfg.to_dict(), "arch": arch}))
         labels = torch.arange(6) % 3
-        losses.g_loss("bce", D(augment.augment(G(torch.randn(6, 8), labels), 1.0), labels)).backward()
+        fake = augment.augment(G(torch.randn(6, 8), labels), 1.0, AUGMENT_TRANSFORMS)
+        losses.g_loss("bce", D(fake, labels)).backward()
         grads = [p.grad for p in G.parameters()]
         assert all(g is not None for g in grads), arch
         assert sum(float(g.abs().sum()) for g in grads) > 0, arch
@@ -238,7 +255,7 @@ def test_every_loss_trains_with_every_arch(prepared_dir, tmp_path, arch, loss):
 def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_mode_seeking_ramp_and_labels(prepared_dir, tmp_path):
     extra = {"loss": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "gp_every": 2, "augment": "ada", "ada_kimg": 0.05,
              "ada_interval_steps": 2, "ada_target": 0.1, "mode_seeking": 0.1, "cond_ramp_start_steps": 2,
-             "cond_ramp_end_steps": 5}
+             "cond_ramp_end_steps": 5, "augment_policy": list(AUGMENT_TRANSFORMS)}
     full = tiny_params(model={"arch": "resnet"}, train=extra)
     run_tiny(prepared_dir, tmp_path / "full", full)
     run_tiny(prepared_dir, tmp_path / "resumed", tiny_params(model={"arch": "resnet"}, train={**extra, "steps": 6}))

@@ -50,7 +50,8 @@ AUTO_STEPS = {1: 2500, 3: 4000}
 # level on Fluent's emoji (QUALITY.md: The learning rate for RGB pictures).
 AUTO_LR = {1: 2e-4, 3: 1.6e-3}
 METRICS = ("isc", "fid", "kid", "prc")
-AUGMENT_POLICY = ("colour", "translation", "cutout")  # training/augment.TRANSFORMS
+AUGMENT_POLICY = ("colour", "translation", "cutout")  # DiffAugment's; the default
+AUGMENT_TRANSFORMS = ("flip", "zoom", *AUGMENT_POLICY)  # training/augment.TRANSFORMS
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,10 @@ class TrainConfig:
     augment: str = spec("diffaug", choices=("none", "diffaug", "ada"),
                         doc="differentiable augmentation of real and fake in front of every D call")
     augment_p: float = spec(0.5, ge=0.0, le=1.0, doc="diffaug: probability of each transform per image")
-    augment_policy: tuple[str, ...] = spec(AUGMENT_POLICY, choices=AUGMENT_POLICY,
-                                           doc="diffaug / ada: which of DiffAugment's transforms (applied in this "
-                                               "order whatever the list's)")
+    augment_policy: tuple[str, ...] = spec(AUGMENT_POLICY, choices=AUGMENT_TRANSFORMS,
+                                           doc="diffaug / ada: which transforms (applied in this order whatever the "
+                                               "list's): ADA's flip and zoom, DiffAugment's colour, translation and "
+                                               "cutout")
     ada_target: float = spec(0.6, gt=0.0, le=1.0, doc="ada: target E[sign D(x_real)] (overfitting signal)")
     ada_kimg: float = spec(20.0, gt=0.0, doc="ada: thousands of images for p to move by 1")
     ada_interval_steps: int = spec(4, ge=1, le=MAX_STEPS, doc="ada: adjust p every this many G steps")

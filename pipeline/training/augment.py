@@ -1,16 +1,20 @@
 """Differentiable augmentation of D's inputs: DiffAugment (Zhao et al., 2020, arXiv:2006.10738) and its adaptive
 probability from ADA (Karras et al., 2020, arXiv:2006.06676).
 
-Colour (brightness, saturation, contrast), translation (up to 1/8 of the side, zero padded) and cutout (a square of
-half the side) are applied to real and generated images alike, before every D call. Each transform hits each image
-with probability p: everything is batched tensor arithmetic on the images' device, with no per-image Python, and at
-p = 0 the input is returned unchanged. Gradients flow through every transform to G.
+DiffAugment's policy, the default: colour (brightness, saturation, contrast), translation (up to 1/8 of the side, zero
+padded) and cutout (a square of half the side). Two of ADA's geometric transforms can be added for long runs, where
+ADA's p saturates at 1 on these three: flip (a horizontal mirror) and zoom (isotropic scaling by 2^N(0, 0.2^2),
+bilinear, reflection padded). They are applied to real and generated images alike, before every D call. Each
+transform hits each image with probability p: everything is batched tensor arithmetic on the images' device, with
+no per-image Python, and at p = 0 the input is returned unchanged. Gradients flow through every transform to G.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from pipeline.config.schema import AUGMENT_POLICY
 
 
 def _where(hit: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +54,24 @@ def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-TRANSFORMS = {"colour": _colour, "translation": _translate, "cutout": _cutout}  # DiffAugment's policy, in its order
+def _flip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(3)
 
 
-def augment(x: torch.Tensor, p: float | torch.Tensor, policy: tuple[str, ...] = tuple(TRANSFORMS)) -> torch.Tensor:
+def _zoom(x: torch.Tensor, std: float = 0.2) -> torch.Tensor:
+    b = x.shape[0]
+    inv = torch.exp2(-std * torch.randn(b, device=x.device))  # the grid reads the input at 1/scale
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = inv
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False).to(x.dtype)
+
+
+# In the order they are applied: ADA's geometric ones (Karras et al., 2020) first, then DiffAugment's, in its order.
+TRANSFORMS = {"flip": _flip, "zoom": _zoom, "colour": _colour, "translation": _translate, "cutout": _cutout}
+
+
+def augment(x: torch.Tensor, p: float | torch.Tensor, policy: tuple[str, ...] = AUGMENT_POLICY) -> torch.Tensor:
     """x (B, C, H, W) -> the same shape, each transform of `policy` applied to each image with probability p (in
     TRANSFORMS' order, whatever the policy's)."""
     if isinstance(p, (int, float)) and p <= 0:
