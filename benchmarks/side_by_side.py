@@ -52,7 +52,7 @@ def reference_row(work: Path, out: Path, params, seconds: float, seed: int) -> d
     from pipeline.nets.sampling import from_uint8, latents, to_uint8
 
     data = from_uint8(torch.from_numpy(np.array(load_split(work / "prepared", "train").images)))
-    cfg = NetConfig(z_dim=100, image_size=32, channels=3, g_channels=64, d_channels=64, d_norm="batch")
+    cfg = NetConfig(z_dim=100, image_size=32, channels=data.shape[1], g_channels=64, d_channels=64, d_norm="batch")
     loop = ReferenceLoop(cfg, data, batch=64, device=torch.device("cpu"), loss="bce", seed=seed)
     t0, steps = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
