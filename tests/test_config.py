@@ -78,21 +78,24 @@ def test_d_norm_auto_resolves_per_loss():
     assert parse_params({"train": {"loss": "bce"}}).resolved_d_norm() == "batch"
 
 
-def test_steps_and_learning_rates_auto_resolve_by_the_data_channels():
-    p = parse_params({})
-    assert p.train.steps == "auto"
-    assert (p.resolved(channels=1).train.steps, p.resolved(channels=3).train.steps) == (2500, 4000)
-    assert parse_params({"train": {"steps": 700}}).resolved(channels=3).train.steps == 700  # a number is kept
-    rgb, grey = p.resolved(channels=3).train, p.resolved(channels=1).train  # the learning rates alike
-    assert (grey.lr_g, grey.lr_d, rgb.lr_g, rgb.lr_d) == (2e-4, 2e-4, 1.6e-3, 1.6e-3)
-    assert parse_params({"train": {"lr_g": 5e-4}}).resolved(channels=3).train.lr_g == 5e-4
+def test_steps_and_learning_rates_auto_resolve_by_the_data_set():
+    digits, folder = parse_params({}), parse_params({"data": {"dataset": "imagefolder", "channels": 1}})
+    assert digits.train.steps == "auto"
+    assert (digits.resolved().train.steps, folder.resolved().train.steps) == (2500, 4000)
+    for dataset in ("mnist", "fashion-mnist", "cifar10", "imagefolder"):  # grey or RGB: every set but the digits
+        train = parse_params({"data": {"dataset": dataset}}).resolved().train
+        assert (train.steps, train.lr_g, train.lr_d) == (4000, 1.6e-3, 1.6e-3), dataset
+    assert parse_params({"train": {"steps": 700}}).resolved().train.steps == 700  # a number is kept
+    grey = digits.resolved().train
+    assert (grey.lr_g, grey.lr_d) == (2e-4, 2e-4)
+    assert parse_params({"data": {"dataset": "cifar10"}, "train": {"lr_g": 5e-4}}).resolved().train.lr_g == 5e-4
     with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be .* train.steps \(auto: 4000 or less\), got 5000"):
         parse_params({"train": {"cond_ramp_end_steps": 5000}})
-    ramp = parse_params({"train": {"cond_ramp_end_steps": 3000}})  # within RGB's 4,000 steps, past grey data's 2,500
-    assert ramp.resolved(channels=3).train.steps == 4000
-    with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be at most train.steps \(auto: 2500 for grey "
-                                          r"data\), got 3000"):
-        ramp.resolved(channels=1)
+    ramp = {"train": {"cond_ramp_end_steps": 3000}}  # within the pictures' 4,000 steps, past the digits' 2,500
+    assert parse_params({**ramp, "data": {"dataset": "cifar10"}}).resolved().train.steps == 4000
+    with pytest.raises(ParamsError, match=r"cond_ramp_end_steps must be at most train.steps \(auto: 2500 for "
+                                          r"digits\), got 3000"):
+        parse_params(ramp).resolved()
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
 def test_steps_and_lr_auto_train_the_data_s_values_and_record_them(prepared_dir, tmp_path, monkeypatch):
     from pipeline.config import schema
 
-    monkeypatch.setattr(schema, "AUTO_STEPS", {1: 8, 3: 10})  # the digits are grey: 8 here, 2500 for real
+    monkeypatch.setattr(schema, "AUTO_STEPS", {"digits": 8, "pictures": 10})  # the digits: 8 here, 2500 for real
     metrics = run_tiny(prepared_dir, tmp_path, tiny_params(train={"steps": "auto", "lr_g": "auto", "lr_d": "auto"}))
     assert metrics["steps"] == 8
     _, cfg = load_generator(tmp_path / "models" / "generator_ema.safetensors", tmp_path / "models" / "generator.json")

@@ -39,16 +39,15 @@ AUTO = "auto"
 # holds out only a few hundred reference pictures, which bound FID's precision more than the generated count does
 # (QUALITY.md: Real RGB pictures).
 AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
-# train.steps: auto, by the prepared data's channels. Grey digits meet their targets at 2,500 steps within a 4-minute
-# dvc repro; RGB pictures keep improving well past that (at 1.6e-3 on OpenMoji FID 111 -> 101 from 3,000 to 4,000
-# steps), and their budget is a 10-minute dvc repro on 2 CPU cores, which 4,000 steps keep for a labelled folder of
-# 3,000 pictures (508 s on 2,456, and about 15 s more for 3,000; QUALITY.md: Real RGB pictures).
-AUTO_STEPS = {1: 2500, 3: 4000}
-# train.lr_g and lr_d: auto, by the prepared data's channels. Grey data keep DCGAN's 2e-4, with which the digits meet
-# their precision and recall targets on all five seeds (at 1.6e-3 two of five fell just short). On RGB pictures 8x that
-# rate trains as far in 3,000 steps as 2e-4 in about 8,000: OpenMoji FID 145 -> 111 flat, 139 -> 115 labelled, and
-# level on Fluent's emoji (QUALITY.md: The learning rate for RGB pictures).
-AUTO_LR = {1: 2e-4, 3: 1.6e-3}
+# train.steps, lr_g and lr_d: auto, by the data set. The embedded digits (8x8 scans, upscaled) keep DCGAN's 2e-4 and
+# 2,500 steps: with them the digits meet their precision and recall targets on all five seeds within a 4-minute dvc
+# repro (at 1.6e-3 two of five fell just short). Every other set, grey or RGB, gets 8x that rate and 4,000 steps: on
+# OpenMoji's emoji 1.6e-3 trains as far in 3,000 steps as 2e-4 in about 8,000 (FID 145 -> 111 flat, 139 -> 115
+# labelled), the same pictures in grey score 81 against 124 at the digits' recipe, and real MNIST digits are level
+# (69 against 71). 4,000 steps keep a 10-minute dvc repro on 2 CPU cores for a labelled folder of 3,000 pictures
+# (508 s on 2,456, and about 15 s more for 3,000; QUALITY.md: Real RGB pictures, and Grey pictures).
+AUTO_STEPS = {"digits": 2500, "pictures": 4000}
+AUTO_LR = {"digits": 2e-4, "pictures": 1.6e-3}
 METRICS = ("isc", "fid", "kid", "prc")
 AUGMENT_POLICY = ("colour", "translation", "cutout")  # DiffAugment's; the default
 AUGMENT_TRANSFORMS = ("flip", "zoom", *AUGMENT_POLICY)  # training/augment.TRANSFORMS
@@ -89,10 +88,10 @@ class ModelConfig:
 class TrainConfig:
     loss: str = spec("bce", choices=LOSSES)
     steps: int | str = spec(AUTO, ge=1, le=MAX_STEPS, auto=True,
-                            doc="generator updates; auto = 2500 for grey data, 4000 for RGB (QUALITY.md)")
+                            doc="generator updates; auto = 2500 for the digits, 4000 for any other set")
     batch_size: int = spec(64, ge=1, le=MAX_BATCH, doc="global batch, split across processes")
     seed: int = spec(0, ge=0, le=MAX_SEED)
-    lr_g: float | str = spec(AUTO, gt=0.0, auto=True, doc="Adam's; auto = 2e-4 for grey data, 1.6e-3 for RGB (QUALITY.md)")
+    lr_g: float | str = spec(AUTO, gt=0.0, auto=True, doc="Adam's; auto = 2e-4 for the digits, 1.6e-3 for any other set")
     lr_d: float | str = spec(AUTO, gt=0.0, auto=True, doc="as lr_g")
     beta1: float = spec(0.5, ge=0.0, le=1.0)
     beta2: float = spec(0.999, ge=0.0, le=1.0)
@@ -212,15 +211,19 @@ class Params:
             return "none"
         return "layer" if self.gradient_penalties() else "batch"
 
-    def resolved(self, channels: int) -> Params:
-        """These params with the `auto` values that depend on the prepared data's channels resolved: train.steps,
-        lr_g and lr_d."""
+    def auto_recipe(self) -> str:
+        """Which column of AUTO_STEPS and AUTO_LR `auto` takes: the embedded digits', or every other set's."""
+        return "digits" if self.data.dataset == "digits" else "pictures"
+
+    def resolved(self) -> Params:
+        """These params with the `auto` values that depend on the data set resolved: train.steps, lr_g and lr_d."""
+        recipe = self.auto_recipe()
         tables = {"steps": AUTO_STEPS, "lr_g": AUTO_LR, "lr_d": AUTO_LR}
-        changes = {key: table[channels] for key, table in tables.items() if getattr(self.train, key) == AUTO}
+        changes = {key: table[recipe] for key, table in tables.items() if getattr(self.train, key) == AUTO}
         end, steps = self.train.cond_ramp_end_steps, changes.get("steps")
         if steps is not None and end > steps:  # the parse checked an auto count against its largest value only
             raise ParamsError(f"params.yaml: train.cond_ramp_end_steps must be at most train.steps ({AUTO}: {steps} "
-                              f"for {'RGB' if channels == 3 else 'grey'} data), got {end}")
+                              f"for {self.data.dataset}), got {end}")
         return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes)) if changes else self
 
     def to_dict(self) -> dict:

@@ -35,7 +35,7 @@ def fingerprint(params: Params, meta: dict, init_sha256: str | None = None) -> s
     """What a checkpoint must match to be resumed: data (the prepared data's `meta`), model, the train params that
     shape the trajectory, with their `auto` values resolved for the data, and the weights train.init_from started
     from (an alias that moved is another experiment)."""
-    params = params.resolved(channels=meta["shape"][0])
+    params = params.resolved()
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
     blob = json.dumps({"data": meta["hash"], "model": params.to_dict()["model"], "train": train,
                        **({"init": init_sha256} if init_sha256 else {})}, sort_keys=True)

@@ -51,7 +51,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     acc = accelerator or make_accelerator(params)
     main, world = acc.is_main_process, acc.num_processes
     meta = read_meta(paths.prepared)
-    params = params.resolved(channels=meta["shape"][0])  # steps, lr_g, lr_d: auto -> by grey or RGB data
+    params = params.resolved()  # steps, lr_g, lr_d: auto -> the digits' or every other set's
     tc = params.train
     if meta["shape"][1] != params.data.image_size:
         raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "

@@ -98,7 +98,7 @@ class GANStep:
                  classes: int = 0, warm: warmstart.WarmStart | None = None):
         from accelerate.utils import AutocastKwargs
 
-        params = params.resolved(channels)  # the train stage has resolved them already; a benchmark may not have
+        params = params.resolved()  # the train stage has resolved them already; a benchmark may not have
         tc = self.tc = params.train
         self.acc, self.device = acc, acc.device
         self.cfg = cfg = net_config(params, channels, classes)
