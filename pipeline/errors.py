@@ -15,6 +15,10 @@ class Interrupted(Exception):
     """Ctrl-C: the message says where the stage stopped and how to resume (exit status 130, not 1)."""
 
 
+# How an interrupted stage resumes: the command that ran it, whichever it was (`dvc repro`, `dvc exp run -S ...`).
+RESUME_HINT = "run the same command again (dvc repro or dvc exp run) to resume"
+
+
 class ParamsError(UserError, ValueError):
     """A params.yaml problem, with a one-line message naming the key."""
 

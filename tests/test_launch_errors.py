@@ -172,7 +172,8 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_to_resume_from(prepared_di
     assert proc.returncode == 130 and "Traceback" not in err + rest
     lines = _errors(err)
     assert len(lines) == 1, err
-    m = re.fullmatch(r"interrupted at step (\d+) of 100000; last checkpoint (\S+); run dvc repro to resume", lines[0])
+    m = re.fullmatch(r"interrupted at step (\d+) of 100000; last checkpoint (\S+); run the same command again "
+                     r"\(dvc repro or dvc exp run\) to resume", lines[0])
     assert m and int(m[1]) >= 10, lines[0]
     assert Path(m[2]).is_dir() and re.search(r"step-0*(5|10|15|20)$", m[2]), m[2]
 
@@ -261,7 +262,8 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(capsys):
 
     handler = signal.getsignal(signal.SIGINT)
     try:
-        assert _fails_with(main, capsys, code=130) == ["interrupted; run dvc repro to resume"]
+        said = _fails_with(main, capsys, code=130)
+        assert said == ["interrupted; run the same command again (dvc repro or dvc exp run) to resume"]
     finally:
         signal.signal(signal.SIGINT, handler)
 

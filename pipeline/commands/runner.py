@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pipeline.config import Params, load_params
-from pipeline.errors import Interrupted, UserError
+from pipeline.errors import RESUME_HINT, Interrupted, UserError
 
 # Full disk or quota, a file-size limit, read-only filesystem, no permission: the user's to fix, so one line too. Other OSErrors keep
 # their traceback.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
-INTERRUPTED, INTERRUPTED_EXIT = "interrupted; run dvc repro to resume", 130  # 128 + SIGINT, as a shell reports it
+INTERRUPTED, INTERRUPTED_EXIT = f"interrupted; {RESUME_HINT}", 130  # 128 + SIGINT, as a shell reports it
 # How long a rank other than 0 waits before reporting an error itself: rank 0, failing the same way, reports it and
 # the launcher then stops the other ranks (it polls every 0.1 s), so one line comes out, not N.
 PEER_GRACE_S = 3.0

@@ -22,7 +22,7 @@ from torch import nn
 from pipeline import cores
 from pipeline.config import Params
 from pipeline.data import load_split, read_meta
-from pipeline.errors import DataError, DivergenceError, Interrupted
+from pipeline.errors import RESUME_HINT, DataError, DivergenceError, Interrupted
 from pipeline.nets import weights
 from pipeline.nets.sampling import grid_inputs, sample_grid
 from pipeline.progress import Progress
@@ -155,7 +155,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
         tracker.close("KILLED")
         raise Interrupted(f"interrupted at step {done} of {tc.steps}; last checkpoint "
-                          f"{_last_good(paths.checkpoints, fp)}; run dvc repro to resume") from None
+                          f"{_last_good(paths.checkpoints, fp)}; {RESUME_HINT}") from None
 
     wall = time.perf_counter() - t_start
     result = {}
