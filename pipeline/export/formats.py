@@ -9,6 +9,7 @@ every load in this project goes through `pyfunc_model.check_pt2` first.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from pipeline.export import pyfunc_model
 from pipeline.nets import NetConfig, weights
 from pipeline.nets.sampling import balanced_labels
 
+# torch.onnx's note when two inputs share one dynamic Dim (a conditional G's z and labels): nothing to act on.
+ONNX_SHARED_AXIS_NOTE = r"# The axis name: \w+ will not be used, since it shares the same shape constraints"
 ONNX_ATOL = 1e-4  # ONNX Runtime reorders float sums (~3e-7 seen); the torch formats must match bit for bit
 
 
@@ -55,9 +58,12 @@ def export_onnx(program: torch.export.ExportedProgram, path: Path, net: NetConfi
         import onnxscript  # noqa: F401
     except ImportError as e:
         return f"the ONNX exporter needs onnx and onnxscript ({e}); pip install '.[onnx]'"
-    torch.onnx.export(program, example_inputs(net), str(path), input_names=onnx_input_names(net),
-                      output_names=["images"], dynamic_shapes=_dynamic_batch(net), external_data=False,
-                      verbose=False)
+    with warnings.catch_warnings():
+        # z and labels share the one `batch` Dim on purpose; torch.onnx notes that it names that axis once.
+        warnings.filterwarnings("ignore", message=ONNX_SHARED_AXIS_NOTE, category=UserWarning)
+        torch.onnx.export(program, example_inputs(net), str(path), input_names=onnx_input_names(net),
+                          output_names=["images"], dynamic_shapes=_dynamic_batch(net), external_data=False,
+                          verbose=False)
     return None
 
 
