@@ -198,3 +198,26 @@ def test_registry_calls_leave_no_process_wide_mlflow_uri_behind(tmp_path, monkey
         model_registry.register_version(uri, "m", "runs:/0123/generator", {})  # fails after binding the URIs
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_a_new_local_store_is_created_without_mlflow_info_lines(tmp_path):
+    """MLflow's "Creating initial MLflow database tables..." and "Updating database tables" are not the user's to act
+    on: a fresh store is created quietly (its warnings and errors still come through)."""
+    import logging
+
+    import mlflow  # noqa: F401 - configures MLflow's loggers (INFO), as every stage does
+
+    from pipeline.tracking import store
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("mlflow.store.db.utils")
+    logger.addHandler(handler)
+    try:
+        store.prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    finally:
+        logger.removeHandler(handler)
+    assert (tmp_path / "mlflow.db").is_file()
+    assert not [r.getMessage() for r in records if r.levelno < logging.WARNING]
+    assert logger.level == logging.NOTSET  # set back: only the table set-up is quiet

@@ -10,11 +10,12 @@ with bounded backoff.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from pipeline.errors import TrackingError, first_line
 
 SPOOL_DIR = ".tracking-spool"  # under the main repository's root
 SQLITE = "sqlite:///"
+# MLflow logs "Creating initial MLflow database tables..." and "Updating database tables" at INFO here: not the user's
+# to act on, so a new store is created with this logger at WARNING.
+MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -93,11 +97,24 @@ def prepare_store(uri: str) -> None:
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    MlflowClient(tracking_uri=SQLITE + str(tmp)).search_experiments(max_results=1)  # runs the migrations
+    with _quiet(MLFLOW_DB_LOGGER):
+        MlflowClient(tracking_uri=SQLITE + str(tmp)).search_experiments(max_results=1)  # runs the migrations
     forget_engine(SQLITE + str(tmp))
     with contextlib.suppress(FileExistsError):  # another process won the race: use its store
         os.link(tmp, path)
     tmp.unlink()
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """`logger_name` at WARNING for the block: its INFO lines are dropped, its warnings and errors still shown."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def forget_engine(uri: str) -> None:
