@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from pipeline.commands import runner
-from pipeline.evaluation.classifier import fit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,6 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", required=True, type=Path, help="metrics JSON (held-out accuracy)")
     args = p.parse_args(argv)
     params = runner.params_from(args)
+    # The library (torch and the rest) is imported only once the params are checked: a refusal comes in a second.
+    from pipeline.evaluation.classifier import fit
+
     metrics = fit(args.prepared, args.out, params.eval.classifier_steps, params.eval.classifier_seed)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.commands import runner
-from pipeline.evaluation.stage import EvalPaths, evaluate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,6 +14,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{name}", required=True, type=Path)
     args = p.parse_args(argv)
     params = runner.params_from(args)
+    # The library (torch and the rest) is imported only once the params are checked: a refusal comes in a second.
+    from pipeline.evaluation.stage import EvalPaths, evaluate
+
     evaluate(params, EvalPaths(prepared=args.prepared, models=args.models, classifier=args.classifier,
                                run_file=args.run_file, metrics=args.metrics, plots=args.plots))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.commands import runner
-from pipeline.export.stage import ExportPaths, run_export
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,6 +13,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{name}", required=True, type=Path)
     args = p.parse_args(argv)
     params = runner.params_from(args)
+    # The library (torch and the rest) is imported only once the params are checked: a refusal comes in a second.
+    from pipeline.export.stage import ExportPaths, run_export
+
     run_export(params, ExportPaths(models=args.models, eval_json=args.eval, run_file=args.run_file, out=args.out,
                                    metrics=args.metrics))
 

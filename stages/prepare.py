@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pipeline.commands import runner
-from pipeline.data import prepare
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -11,6 +10,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="prepared data directory")
     args = p.parse_args(argv)
     params = runner.params_from(args)
+    # The library (torch and the rest) is imported only once the params are checked: a refusal comes in a second.
+    from pipeline.data import prepare
+
     meta = prepare(params.data, args.out)
     print(f"prepared {params.data.dataset}: {meta['count']} images of shape {meta['shape']}, hash {meta['hash']}")
 

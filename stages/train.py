@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 
 from pipeline.commands import runner
-from pipeline.training import checkpoint, preflight
-from pipeline.training.stage import TrainPaths, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier", type=Path, default=None, help="in-domain classifier dir (train.fid_every_steps > 0)")
     args = p.parse_args(argv)
     params = runner.params_from(args)
+    # The library (torch and the rest) is imported only once the params are checked: a refusal comes in a second.
+    from pipeline.training import preflight
+    from pipeline.training.stage import TrainPaths, train
+
     runner.on_disk_error(lambda: _last_checkpoint(args.checkpoints))
     if not os.environ.get(preflight.DONE_ENV):  # pipeline.commands.launch ran them before launching
         preflight.check(params, args.prepared, args.classifier)
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _last_checkpoint(root: Path) -> str | None:
+    from pipeline.training import checkpoint
+
     last = checkpoint.latest_checkpoint(root)
     return f"the last good checkpoint is {last}" if last is not None else None
 

@@ -20,7 +20,8 @@ from conftest import REPO, TINY, free_port, run_ok
 from pipeline.commands import launch
 from pipeline.commands import runner as cli
 from pipeline.config import parse_params
-from pipeline.training import preflight
+from pipeline.training import checkpoint, preflight
+from pipeline.training import stage as training_stage
 from stages import train as train_stage
 
 TWO_CPU_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -202,12 +203,12 @@ def test_a_full_or_read_only_disk_is_one_line(capsys, monkeypatch, err):
 def test_the_train_stage_names_the_last_checkpoint_on_a_disk_error(capsys, monkeypatch, prepared_dir, tmp_path):
     monkeypatch.setattr(cli, "_disk_note", None)
     ckpt = tmp_path / "checkpoints/abc/step-0000300"
-    monkeypatch.setattr(train_stage.checkpoint, "latest_checkpoint", lambda root: ckpt)
+    monkeypatch.setattr(checkpoint, "latest_checkpoint", lambda root: ckpt)
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() to an open file raises it: no name
 
-    monkeypatch.setattr(train_stage, "train", full_disk)
+    monkeypatch.setattr(training_stage, "train", full_disk)  # the stage imports it once the params are read
     args = _train_args(_params_file(tmp_path), prepared_dir, tmp_path)
     assert _fails_with(lambda _: train_stage.main(args), capsys) == [
         f"error: cannot write: No space left on device; the last good checkpoint is {ckpt}"]
