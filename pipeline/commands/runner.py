@@ -7,14 +7,18 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
+import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
-from pipeline.config import Params, load_params
-from pipeline.errors import RESUME_HINT, Interrupted, UserError
+from pipeline.config import Params, load_params, yaml12
+from pipeline.errors import RESUME_HINT, Interrupted, ParamsError, PreflightError, UserError
 
 # Full disk or quota, a file-size limit, read-only filesystem, no permission: the user's to fix, so one line too. Other OSErrors keep
 # their traceback.
@@ -82,7 +86,65 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
         fail(INTERRUPTED, INTERRUPTED_EXIT, report)
     except Exception as e:
         if isinstance(e, UserError):
-            fail(f"error: {e}", 1, report)
+            note = experiment_note(e)
+            fail(f"error: {e}" + (f"\n{note}" if note else ""), 1, report)
         if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
             fail(f"error: {disk_error_message(e)}", 1, report)
         raise
+
+
+def experiment_note(e: UserError, params_file: str | Path = "params.yaml") -> str | None:
+    """Under `dvc exp run` in the workspace, the line that follows a refusal: DVC wrote the experiment's values (-S)
+    into params.yaml and leaves them there after a failure, so the next experiment would start from them. Names the
+    changed keys the message names (any changed key for a params or pre-flight refusal), with the baseline's values.
+    None outside an experiment, in a queued or temporary one (its copy is thrown away), or when nothing changed."""
+    if not os.environ.get("DVC_EXP_NAME") or ".dvc/tmp/exps" in Path.cwd().as_posix():
+        return None
+    changed = _changed_params(Path(params_file), os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD")
+    if changed is None:
+        return (f"note: dvc exp run leaves the refused values in {params_file}, and the next experiment starts from "
+                f"them: restore it with `git checkout {params_file}` (this drops any edit of yours in it too)")
+    named = {k: v for k, v in changed.items() if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", str(e))}
+    if not named and isinstance(e, (ParamsError, PreflightError)):
+        named = changed
+    if not named:
+        return None
+    now = ", ".join(f"{k}={_yaml_value(new)}" for k, (_, new) in named.items())
+    back = " ".join(f"-S {shlex.quote(f'{k}={_yaml_value(old)}')}" for k, (old, _) in named.items())
+    return (f"note: dvc exp run left {now} in {params_file}, and the next experiment starts from it: restore the "
+            f"committed values with `dvc exp run {back}`, or `git checkout {params_file}`")
+
+
+_MISSING = object()
+
+
+def _changed_params(path: Path, rev: str) -> dict[str, tuple[Any, Any]] | None:
+    """{section.key: (value at git revision `rev`, value now)} for the keys that differ; None when either file
+    cannot be read (no git, no such revision, not YAML)."""
+    try:
+        before = subprocess.run(["git", "show", f"{rev}:./{path.as_posix()}"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout
+        old, new = yaml12.load(before, str(path)), yaml12.load(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    return {k: (flat_old.get(k), flat_new.get(k)) for k in sorted(flat_old.keys() | flat_new.keys(), key=str)
+            if flat_old.get(k, _MISSING) != flat_new.get(k, _MISSING)}
+
+
+def _flatten(raw: dict) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, keys in raw.items() if isinstance(keys, dict)
+            for key, value in keys.items()}
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as `dvc exp run -S` reads it back (YAML flow)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_yaml_value, value)) + "]"
+    return str(value)
