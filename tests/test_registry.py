@@ -125,6 +125,24 @@ def test_unconditional_pyfunc_refuses_labels(env):
         model.predict(z, params={"labels": [0, 1]})
 
 
+@pytest.mark.parametrize("n, params, message", [
+    (2, {"labels": [0, 1]}, "this generator is unconditional: it takes no labels, got 2"),
+    (9, {}, "a request may hold at most 8 latents (export.max_batch), got 9; split it into several requests"),
+])
+def test_a_refused_rest_request_is_one_line_without_the_input(env, n, params, message):
+    """`mlflow models serve`'s handler (scoring_server.invocations, here without the HTTP around it) prefixes an
+    MlflowException's message with the whole input; the pyfunc's refusal stays the one line that names the problem."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    model = model_registry.load_pyfunc(f"models:/{NAME}@champion", env.uri)
+    body = json.dumps({"inputs": generate.latents(n, NET.z_dim, seed=1).tolist(), "params": params})
+    with pytest.raises(MlflowException) as e:
+        scoring_server.invocations(body, "application/json", model, model.metadata.get_input_schema())
+    assert e.value.get_http_status_code() == 400
+    assert json.loads(e.value.serialize_as_json())["message"] == message
+
+
 def test_worse_export_stays_registered_without_the_alias(env, capsys):
     run_file = env.root / "export2-run.json"
     start_run(env.params, env.root, run_file)

@@ -163,6 +163,16 @@ if "mlflow" in sys.modules:  # MLflow is executing this file as the model's code
         def __init__(self, message: str):
             super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
+        # The scoring server rewrites `message` as "Failed to predict data '<the whole input>'. Error: ..." before
+        # it answers: the refusal keeps its first message, the one line that names the problem.
+        @property
+        def message(self) -> str:
+            return self._message
+
+        @message.setter
+        def message(self, value: str) -> None:
+            self.__dict__.setdefault("_message", value)
+
     class GeneratorModel(mlflow.pyfunc.PythonModel):
         """pyfunc: latents (N, z_dim) float32 -> images (N, H, W, C) uint8. Inference params (declared in the
         logged signature, so MLflow and `mlflow models serve` pass them through): `labels`, N ints in
