@@ -141,11 +141,12 @@ def load_classifier(weights_path: str | Path) -> tuple[Classifier, dict]:
     return model.eval().requires_grad_(False), info
 
 
-def fit(prepared_dir: str | Path, out_dir: str | Path, steps: int, seed: int) -> dict:
+def fit(prepared_dir: str | Path, out_dir: str | Path, steps: int, seed: int, skip: str | None = None) -> dict:
     """Train on the prepared train split, score on the held-out ref split, save; returns the stage's metrics.
 
-    Unlabelled data gets no classifier: classifier.json then says why, so the stage (and `dvc repro`) still succeeds
-    and evaluate can explain it if eval.extractor asks for the classifier.
+    Unlabelled data gets no classifier, nor does data that evaluate scores with another extractor (`skip`, the
+    reason: `resolve.classifier_unused`): classifier.json then says why, so the stage (and `dvc repro`) still
+    succeeds and evaluate can explain it if eval.extractor asks for the classifier.
     """
     import time
 
@@ -153,12 +154,14 @@ def fit(prepared_dir: str | Path, out_dir: str | Path, steps: int, seed: int) ->
 
     meta = read_meta(prepared_dir)
     out = Path(out_dir)
-    if not meta["labelled"]:
+    if skip is None and not meta["labelled"]:
+        skip = f"the {meta['source']} data is unlabelled"
+    if skip is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / WEIGHTS_FILE).unlink(missing_ok=True)
-        why = f"the {meta['source']} data is unlabelled"
-        (out / INFO_FILE).write_text(json.dumps({"skipped": why, "data_hash": meta["hash"]}, indent=2) + "\n")
-        return {"labelled": False, "skipped": why}
+        info = {"skipped": skip, "data_hash": meta["hash"], "labelled": bool(meta["labelled"])}
+        (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        return {"labelled": bool(meta["labelled"]), "skipped": skip}
     train, ref = load_split(prepared_dir, "train", mmap=False), load_split(prepared_dir, "ref", mmap=False)
     t0 = time.perf_counter()
     model = train_classifier(train.images, train.labels, len(meta["classes"]), steps, seed,

@@ -43,6 +43,20 @@ def extractor_kind(cfg: EvalConfig, meta: dict) -> str:
     return NVIDIA if cfg.inception_weights is None and nvidia_inception_file() is not None else INCEPTION
 
 
+def classifier_unused(cfg: EvalConfig, meta: dict) -> str | None:
+    """Why the classifier stage need not train the in-domain classifier: evaluate (and train's FID) will score with
+    another extractor, `extractor_kind`'s, or the data has no labels to train it on. None when it will be used."""
+    kind = extractor_kind(cfg, meta)
+    if not meta.get("labelled"):
+        use = f"evaluate uses {kind}" if kind != "classifier" else "eval.extractor: classifier cannot be used"
+        return f"the {meta['source']} data is unlabelled; {use}"
+    if kind == "classifier":
+        return None
+    if cfg.extractor == AUTO:  # auto takes the classifier for labelled grey data only
+        return f"evaluate uses {kind} (eval.extractor: auto, for RGB data; set it to classifier to train one)"
+    return f"evaluate uses {kind} (eval.extractor)"
+
+
 def resolve_extractor(cfg: EvalConfig, meta: dict, classifier_dir: str | Path | None) -> Extractor:
     """eval.extractor -> Extractor (auto: `extractor_kind`); MetricsError when it cannot be used."""
     kind = extractor_kind(cfg, meta)
@@ -90,6 +104,9 @@ def _classifier(meta: dict, classifier_dir: str | Path | None) -> Extractor:
         where = f"{classifier_dir}/{classifier.INFO_FILE} not found" if classifier_dir else "no classifier dir given"
         raise MetricsError(f"the in-domain classifier is missing ({where}): run the classifier stage first "
                            f"(dvc repro classifier) and pass its directory, or set eval.extractor: {_inception_hint()}")
+    if info.get("skipped") and info.get("labelled"):  # skipped for other params: eval.extractor then was not it
+        raise MetricsError(f"no in-domain classifier: the classifier stage skipped it ({info['skipped']}); rerun "
+                           "the classifier stage (dvc repro classifier)")
     if info.get("skipped"):
         raise MetricsError(f"no in-domain classifier: {info['skipped']}; set eval.extractor: {_inception_hint()}")
     if info.get("data_hash") != meta["hash"]:
