@@ -88,7 +88,7 @@ def test_evaluate_writes_eval_json_and_grid_and_logs_them_to_the_run(pipe, tmp_p
     assert set(report) == {"classifier-digits", "eval_info"}
     assert report["eval_info"] == {"extractor": "classifier-digits", "extractor_comparable": "in-domain only",
                                    "num_samples": 200, "weights": "ema", "data_hash": pipe["meta"]["hash"],
-                                   "conditional": False}
+                                   "conditional": False, "kid_subset_size": 100}
     scores = report["classifier-digits"]
     assert set(scores) == {"inception_score_mean", "inception_score_std", "frechet_inception_distance",
                            "kernel_inception_distance_mean", "kernel_inception_distance_std", "precision", "recall",

@@ -142,7 +142,7 @@ def _check_combinations(p: Params) -> None:
     if (problem := userinfo_problem(p.tracking.uri)) is not None:
         raise ParamsError(f"params.yaml: tracking.uri {problem}")
     samples, named = _auto_bound(p.eval.num_samples, AUTO_NUM_SAMPLES)
-    if p.eval.kid_subset_size > samples:
+    if p.eval.kid_subset_size != AUTO and p.eval.kid_subset_size > samples:  # auto fits the counts it meets
         raise ParamsError(
             f"params.yaml: eval.kid_subset_size must be <= eval.num_samples ({named}), got {p.eval.kid_subset_size}"
         )

@@ -39,6 +39,13 @@ AUTO = "auto"
 # holds out only a few hundred reference pictures, which bound FID's precision more than the generated count does
 # (QUALITY.md: Real RGB pictures).
 AUTO_NUM_SAMPLES = {"classifier": 2000, "inception": 1000}
+# eval.kid_subset_size: auto, by the data. KID draws its subsets from both the reference split and the generated set,
+# so auto takes torch-fidelity's usual 200 (Bińkowski et al. draw 1,000; 200 keeps the variance low on a few hundred
+# pictures) or, when smaller, the reference split's size or eval.num_samples: a folder of 600 pictures holds out 120.
+AUTO_KID_SUBSET_SIZE = 200
+# Precision/recall's k nearest neighbours: torch-fidelity's default prc_neighborhood, which the scorer uses. A
+# reference split needs more images than k (EvalConfig.min_reference_images).
+PRC_NEIGHBOURHOOD = 3
 # train.steps, lr_g and lr_d: auto, by the data set. The embedded digits (8x8 scans, upscaled) keep DCGAN's 2e-4 and
 # 2,500 steps: with them the digits meet their precision and recall targets on all five seeds within a 4-minute dvc
 # repro (at 1.6e-3 two of five fell just short). Every other set, grey or RGB, gets 8x that rate and 4,000 steps: on
@@ -150,7 +157,9 @@ class EvalConfig:
                                                "Inception-v3); null = download on first use")
     weights: str = spec("ema", choices=("ema", "last", "best"))
     batch_size: int = spec(250, ge=1, le=MAX_BATCH)
-    kid_subset_size: int = spec(200, ge=2, le=MAX_SAMPLES)
+    kid_subset_size: int | str = spec(AUTO, ge=2, le=MAX_SAMPLES, auto=True,
+                                      doc="images per KID subset; auto = 200, or the reference split's size or "
+                                          "eval.num_samples when smaller")
     seed: int = spec(0, ge=0, le=MAX_SEED)
     train_fid_samples: int = spec(500, ge=2, le=MAX_SAMPLES)
     classifier_steps: int = spec(600, ge=1, le=MAX_STEPS)

@@ -6,13 +6,14 @@ installed (offline), else torch-fidelity's Inception-v3 (downloads its weights o
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from pipeline.config import EvalConfig
-from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES
+from pipeline.config.schema import AUTO, AUTO_KID_SUBSET_SIZE, AUTO_NUM_SAMPLES
 from pipeline.errors import MetricsError
 from pipeline.evaluation import classifier
 from pipeline.evaluation.extractors import (
@@ -72,6 +73,20 @@ def num_samples(cfg: EvalConfig, extractor: Extractor) -> int:
     if cfg.num_samples != AUTO:
         return cfg.num_samples
     return AUTO_NUM_SAMPLES["classifier" if extractor.comparable == IN_DOMAIN else "inception"]
+
+
+def kid_subset_size(cfg: EvalConfig, n_ref: int, n_samples: int) -> int:
+    """eval.kid_subset_size with auto resolved by the data: config.schema.AUTO_KID_SUBSET_SIZE, or the reference
+    split's size or the generated count when smaller (KID draws each subset from both)."""
+    if cfg.kid_subset_size != AUTO:
+        return cfg.kid_subset_size
+    return min(AUTO_KID_SUBSET_SIZE, n_ref, n_samples)
+
+
+def resolved(cfg: EvalConfig, extractor: Extractor, n_ref: int) -> EvalConfig:
+    """eval with its auto counts resolved, as the metrics use them and eval.json and the run's params record them."""
+    n = num_samples(cfg, extractor)
+    return dataclasses.replace(cfg, num_samples=n, kid_subset_size=kid_subset_size(cfg, n_ref, n))
 
 
 def _inception_compat(cfg: EvalConfig) -> Extractor:

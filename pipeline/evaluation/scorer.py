@@ -6,7 +6,6 @@ keyed by data hash and extractor version, and feature extraction split across pr
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -31,10 +30,11 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import cache_lookup_group_recompute_all_on_any_miss, get_featuresdict_from_dataset
 
 from pipeline.config import METRICS, EvalConfig
+from pipeline.config.schema import AUTO
 from pipeline.data import load_split, read_meta
 from pipeline.errors import MetricsError
 from pipeline.evaluation.extractors import Extractor, build_feature_extractor
-from pipeline.evaluation.resolve import num_samples, resolve_extractor
+from pipeline.evaluation.resolve import resolve_extractor, resolved
 from pipeline.nets.sampling import balanced_labels, latents, to_uint8
 from pipeline.progress import Progress
 
@@ -97,7 +97,7 @@ def check_count(cfg: EvalConfig, metrics: Sequence[str], n: int, what: str, gene
     """Raise MetricsError when n samples are too few for one of `metrics` or for the process count. Evaluate checks
     the reference split and the generated set with it; the train stage's pre-flight, before training."""
     k = cfg.kid_subset_size
-    if "kid" in metrics and n < k:
+    if "kid" in metrics and k != AUTO and n < k:  # auto resolves to what both sets hold (resolve.kid_subset_size)
         raise MetricsError(f"{what} has {n} images, fewer than eval.kid_subset_size={k} that KID draws per "
                            f"subset: set eval.kid_subset_size to at most {n}")
     if generated and "isc" in metrics and n < ISC_SPLITS:
@@ -121,8 +121,9 @@ class Scorer:
                  metrics: Sequence[str] | None = None, dist: Any = None, progress: bool = False):
         self.metrics, self.skipped = scored_metrics(tuple(cfg.metrics if metrics is None else metrics), extractor)
         self.progress = progress
-        # eval.num_samples resolved (auto: by the extractor), so that every reader of scorer.cfg sees the count used
-        self.cfg = dataclasses.replace(cfg, num_samples=num_samples(cfg, extractor))
+        # eval.num_samples (auto: by the extractor) and kid_subset_size (auto: by the data) resolved, so that every
+        # reader of scorer.cfg sees the counts used
+        self.cfg = cfg = resolved(cfg, extractor, len(ref_images))
         self.extractor, self.dist = extractor, dist
         self.rank, self.world = (dist.process_index, dist.num_processes) if dist is not None else (0, 1)
         cuda = dist.device.type == "cuda" if dist is not None else torch.cuda.is_available()

@@ -79,7 +79,7 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
     G, gcfg = load_scored_generator(paths.models, ec.weights, meta)  # fail before any feature work
     t0 = time.perf_counter()
     scorer = make_scorer(ec, paths.prepared, paths.classifier, dist=dist, progress=True)
-    ec = scorer.cfg  # eval.num_samples resolved: what eval_info and the run's params record
+    ec = scorer.cfg  # eval.num_samples and kid_subset_size resolved: what eval_info and the run's params record
     params = dataclasses.replace(params, eval=ec)
     G.to(dist.device)
     feats = scorer.generator_features(G, ec.num_samples, ec.seed)
@@ -99,6 +99,8 @@ def evaluate(params: Params, paths: EvalPaths, dist: Any = None) -> dict:
             report[f"{name}/intra_fid"] = intra
         report["eval_info"] = {**scorer.info(), "num_samples": ec.num_samples, "weights": ec.weights,
                                "data_hash": meta["hash"], "conditional": bool(G.cfg.num_classes)}
+        if "kid" in scorer.metrics:
+            report["eval_info"]["kid_subset_size"] = ec.kid_subset_size
         paths.metrics.parent.mkdir(parents=True, exist_ok=True)
         paths.metrics.write_text(json.dumps(report, indent=2) + "\n")
         grid_path = paths.plots / "samples.png"
