@@ -1,16 +1,21 @@
 """Image sources -> one prepared uint8 array (N, C, H, W) per split, plus metadata.
 
 Sources: scikit-learn's digits (offline, the default), torchvision's MNIST / Fashion-MNIST / CIFAR-10, and any folder
-tree of images. Training reads only the prepared arrays, memory-mapped, and draws batches by tensor indexing.
+tree of images, or a .zip of one. Training reads only the prepared arrays, memory-mapped, and draws batches by tensor indexing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -45,9 +50,13 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _ref_count(n: int, fraction: float) -> int:
+    return max(1, round(n * fraction))
+
+
 def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
     order = np.random.default_rng(seed).permutation(len(images))
-    n_ref = max(1, round(len(images) * fraction))
+    n_ref = _ref_count(len(images), fraction)
     ref, train = order[:n_ref], order[n_ref:]
     return Split(images[train], labels[train]), Split(images[ref], labels[ref])
 
@@ -85,42 +94,104 @@ def load_torchvision_source(cfg: DataConfig) -> tuple[Split, Split, list[str]]:
     return splits[0], splits[1], classes
 
 
-def load_imagefolder_source(cfg: DataConfig) -> tuple[Split, Split, list[str], dict]:
-    """Any folder tree of images. Top-level subfolders are classes when every image sits in one."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(cfg.root)
-    if not root.is_dir():
-        raise DataError(f"imagefolder: data.root={cfg.root!r} is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DataError(f"imagefolder: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {cfg.root!r}")
-    labelled = all(p.parent != root for p in files)
-    classes = sorted({p.relative_to(root).parts[0] for p in files}) if labelled else []
-    mode = "L" if cfg.channels == 1 else "RGB"
-    images, labels, corrupt = [], [], []
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as im:
-                im.load()  # decodes fully: truncated files fail here, not later
-                img = im.convert(mode)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            if cfg.on_corrupt == "fail":
-                raise DataError(f"imagefolder: cannot read {path} ({e}); set data.on_corrupt: skip to skip it") from None
-            corrupt.append(str(path.relative_to(root)))
+def _zip_members(zf: zipfile.ZipFile) -> dict[PurePosixPath, str]:
+    """A zip's image members: {path as a folder would hold it: member name}. macOS's __MACOSX/ and ._ copies are
+    left out, and a single top-level folder (a zipped folder) is stripped, repeatedly."""
+    names = {}
+    for info in zf.infolist():
+        path = PurePosixPath(info.filename.lstrip("/"))
+        if info.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES or path.parts[0] == "__MACOSX" \
+                or path.name.startswith("._"):
             continue
-        arr = np.asarray(img, np.uint8)
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        images.append(resize_uint8(arr[None], cfg.image_size)[0])
-        labels.append(classes.index(path.relative_to(root).parts[0]) if labelled else -1)
-        if (i + 1) % 1000 == 0:
-            print(f"imagefolder: decoded {i + 1}/{len(files)}", file=sys.stderr)
+        names[path] = info.filename
+    while names and all(len(p.parts) > 1 for p in names) and len({p.parts[0] for p in names}) == 1:
+        names = {PurePosixPath(*p.parts[1:]): name for p, name in names.items()}
+    return names
+
+
+@contextmanager
+def _image_files(root_param: str) -> Iterator[tuple[list[PurePosixPath], Callable[[PurePosixPath], bytes],
+                                                    Callable[[PurePosixPath], str]]]:
+    """data.root, a folder or a .zip: (image paths relative to it, sorted as a folder's; read(path) -> bytes;
+    shown(path) -> how a message names the file)."""
+    root = Path(root_param)
+    if root.is_dir():
+        files = sorted(PurePosixPath(p.relative_to(root).as_posix()) for p in root.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        yield files, lambda rel: (root / rel).read_bytes(), str
+        return
+    if not root.is_file() or not zipfile.is_zipfile(root):
+        what = "does not exist" if not root.exists() else "is a file" if root.suffix.lower() != ".zip" \
+            else "is not a readable zip archive"
+        raise DataError(f"imagefolder: data.root={root_param!r} is not a directory or a .zip of pictures ({what}); "
+                        "point it at a folder of pictures (flat, or one subfolder per class) or a .zip of one")
+    with zipfile.ZipFile(root) as zf:
+        members = _zip_members(zf)
+        yield sorted(members), lambda rel: zf.read(members[rel]), lambda rel: members[rel]
+
+
+def _decode(data: bytes, mode: str, size: int) -> np.ndarray:
+    """An image file's bytes -> (C, size, size) uint8; raises what PIL raises on a truncated or foreign file."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # decodes fully: truncated files fail here, not later
+        arr = np.asarray(im.convert(mode), np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return resize_uint8(arr[None], size)[0]
+
+
+def load_imagefolder_source(cfg: DataConfig) -> tuple[Split, Split, list[str], dict]:
+    """Any folder tree of images, or a .zip of one. Top-level subfolders are classes when every image sits in one."""
+    from PIL import UnidentifiedImageError
+
+    unreadable = (OSError, UnidentifiedImageError, ValueError, SyntaxError, zipfile.BadZipFile, zlib.error)
+    with _image_files(cfg.root) as (files, read, shown):
+        if not files:
+            raise DataError(f"imagefolder: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {cfg.root!r}")
+        labelled = all(len(p.parts) > 1 for p in files)
+        classes = sorted({p.parts[0] for p in files}) if labelled else []
+        mode = "L" if cfg.channels == 1 else "RGB"
+        images, labels, corrupt = [], [], []
+        for i, path in enumerate(files):
+            try:
+                images.append(_decode(read(path), mode, cfg.image_size))
+            except unreadable as e:
+                if cfg.on_corrupt == "fail":
+                    raise DataError(f"imagefolder: cannot read {Path(cfg.root) / shown(path)} ({e}); set "
+                                    "data.on_corrupt: skip to skip it") from None
+                corrupt.append(shown(path))
+                continue
+            labels.append(classes.index(path.parts[0]) if labelled else -1)
+            if (i + 1) % 1000 == 0:
+                print(f"imagefolder: decoded {i + 1}/{len(files)}", file=sys.stderr)
     if corrupt:
         print(f"imagefolder: skipped {len(corrupt)} corrupt file(s): {', '.join(corrupt[:10])}", file=sys.stderr)
-    if len(images) < 2:
-        raise DataError(f"imagefolder: need at least 2 readable images under {cfg.root!r}, got {len(images)}")
+    if not images:  # one or more, and `check_size` names how many the params need
+        raise DataError(f"imagefolder: none of the {len(files)} image files in {cfg.root!r} could be read")
     train, ref = _split(np.stack(images), np.asarray(labels, np.int64), cfg.ref_fraction, cfg.split_seed)
     return train, ref, classes, {"corrupt_skipped": len(corrupt), "corrupt_files": corrupt}
+
+
+def min_pictures(fraction: float, min_train: int, min_ref: int) -> int:
+    """The fewest pictures whose split (data.ref_fraction held out) leaves min_train to train on and min_ref held out.
+    Both shares grow with the count, so the first count that fits is the least."""
+    n = min_train + min_ref
+    while n - _ref_count(n, fraction) < min_train or _ref_count(n, fraction) < min_ref:
+        n += 1
+    return n
+
+
+def check_size(cfg: DataConfig, n_train: int, n_ref: int, min_train: int, min_ref: int) -> None:
+    """DataError when the splits are too small for one training batch (min_train: train.batch_size) or for the
+    metrics (min_ref: EvalConfig.min_reference_images), naming how many pictures the params need."""
+    if n_train >= min_train and n_ref >= min_ref:
+        return
+    need = min_pictures(cfg.ref_fraction, min_train, min_ref)
+    held = f"data.ref_fraction={cfg.ref_fraction:g}" if cfg.dataset in ("digits", "imagefolder") else "its test split"
+    raise DataError(f"{cfg.dataset}: too few pictures in data.root={cfg.root!r}: {n_train + n_ref} readable, and "
+                    f"these params need at least {need}: {min_train} to train on (one batch of train.batch_size) and "
+                    f"{min_ref} held out ({held}) for eval.metrics; add pictures, or lower train.batch_size")
 
 
 def content_hash(*arrays: np.ndarray) -> str:
@@ -131,8 +202,9 @@ def content_hash(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare(cfg: DataConfig, out_dir: str | Path) -> dict:
-    """Read the source once, resize, and write {train,ref}.npy, {train,ref}_labels.npy and meta.json."""
+def prepare(cfg: DataConfig, out_dir: str | Path, min_train: int = 1, min_ref: int = 1) -> dict:
+    """Read the source once, resize, and write {train,ref}.npy, {train,ref}_labels.npy and meta.json. Splits smaller
+    than min_train or min_ref are refused first (`check_size`)."""
     extra: dict = {}
     if cfg.dataset == "digits":
         train, ref, classes = load_digits_source(cfg)
@@ -140,6 +212,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict:
         train, ref, classes = load_torchvision_source(cfg)
     else:
         train, ref, classes, extra = load_imagefolder_source(cfg)
+    check_size(cfg, len(train.images), len(ref.images), min_train, min_ref)
     train.images = resize_uint8(train.images, cfg.image_size)
     ref.images = resize_uint8(ref.images, cfg.image_size)
     out = Path(out_dir)

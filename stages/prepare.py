@@ -13,7 +13,10 @@ def main(argv: list[str] | None = None) -> None:
     # The library (torch and the rest) is imported only once the params are checked: a refusal comes in a second.
     from pipeline.data import prepare
 
-    meta = prepare(params.data, args.out)
+    # Refuses, before writing anything, a set too small for one batch or for the metrics (a check only: those
+    # params do not change what it writes, so dvc.yaml does not list them)
+    meta = prepare(params.data, args.out, min_train=params.train.batch_size,
+                   min_ref=params.eval.min_reference_images())
     print(f"prepared {params.data.dataset}: {meta['count']} images of shape {meta['shape']}, hash {meta['hash']}")
 
 

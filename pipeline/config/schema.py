@@ -166,6 +166,12 @@ class EvalConfig:
     classifier_seed: int = spec(0, ge=0, le=MAX_SEED, doc="the in-domain classifier's own seed, apart from eval.seed")
     download_timeout_seconds: float = spec(20.0, gt=0.0)
 
+    def min_reference_images(self) -> int:
+        """The fewest reference images eval.metrics can score at all: more than precision/recall's k neighbours, and
+        2 for any metric (evaluation.scorer.check_count). An explicit kid_subset_size above the count is the
+        param's to lower, and check_count says so; auto fits any count."""
+        return PRC_NEIGHBOURHOOD + 1 if "prc" in self.metrics else 2
+
 
 @dataclass(frozen=True)
 class ExportConfig:

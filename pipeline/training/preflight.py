@@ -1,6 +1,7 @@
 """Pre-flight: cross-stage checks run before training starts. What evaluate or export would refuse after the whole
-train stage (a reference split too small for KID, a feature extractor that cannot load, such as Inception's weights
-offline, a model registry that cannot be written) fails first, in one line, with the message those stages would give."""
+train stage (a data set too small for a batch or the metrics, a reference split too small for KID, a feature
+extractor that cannot load, such as Inception's weights offline, a model registry that cannot be written) fails
+first, in one line, with the message those stages would give."""
 
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ def check(params: Params, prepared_dir: str | Path | None, classifier_dir: str |
         check_registry_uri(params.tracking.uri)
     if prepared_dir is None or not (Path(prepared_dir) / "meta.json").is_file():
         return
+    from pipeline.data import check_size, read_meta
+
+    count = read_meta(prepared_dir)["count"]  # the prepare stage's own check, against these params
+    check_size(params.data, count["train"], count["ref"], params.train.batch_size, params.eval.min_reference_images())
     if importlib.util.find_spec("torch_fidelity") is None:  # a training-only machine: evaluate runs elsewhere
         return
-    from pipeline.data import read_meta  # below: torch-fidelity, imported only when there is data to check
-    from pipeline.evaluation import classifier, extractors, resolve, scorer
+    from pipeline.evaluation import classifier, extractors, resolve, scorer  # torch-fidelity: only with data
 
     ec, meta = params.eval, read_meta(prepared_dir)
     info = classifier.read_info(classifier_dir) if classifier_dir is not None else None
