@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks.reference import ReferenceLoop
+from pipeline import hardware
 from pipeline.config import Params, parse_params
 from pipeline.nets import net_config
 from pipeline.training.build import make_accelerator, make_step
@@ -48,7 +49,7 @@ def project_params(args: argparse.Namespace, loss: str, **train) -> Params:
     overrides = [f"data.image_size={args.image_size}", f"model.z_dim={args.z_dim}", f"model.g_channels={args.width}",
                  f"model.d_channels={args.width}", "model.d_norm=auto", "model.dropout=0.0",
                  "model.spectral_norm=false", f"train.batch_size={args.batch}", f"train.loss={loss}",
-                 f"train.mixed_precision={args.mixed_precision}", f"train.channels_last={not args.no_channels_last}"]
+                 f"train.mixed_precision={args.mixed_precision}", f"train.channels_last={args.channels_last}"]
     overrides += [f"train.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in train.items()]
     return parse_params({}, overrides + list(args.set))
 
@@ -218,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="iterations per round (default: 100 cuda, 10 cpu)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations per variant (default: 15 cuda, 3 cpu)")
-    p.add_argument("--mixed-precision", default="bf16", choices=("no", "fp16", "bf16"))
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                   help="the project's train.mixed_precision (default auto: what the train stage picks here)")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"))
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const="false",
+                   help="the same as --channels-last false")
     p.add_argument("--cuda-graphs", default="both", choices=("off", "on", "both"),
                    help="project variants with train.cuda_graphs (cuda only; default: with and without)")
     p.add_argument("--cases", default="bce,wgan-gp", help="comma-separated: bce, wgan-gp")
@@ -255,16 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.randint(0, 256, (n, 3, args.image_size, args.image_size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     acc = make_accelerator(project_params(args, "bce"))
+    tc = hardware.resolved(project_params(args, "bce"), acc.device).train  # what auto picked on this device
+    args.mixed_precision, args.channels_last = tc.mixed_precision, str(tc.channels_last).lower()
     head = (f"device: {device_name(device)} | torch {torch.__version__} | {args.image_size} px, batch {args.batch}, "
             f"z_dim {args.z_dim}, width {args.width} | project: {args.mixed_precision.replace('no', 'fp32')}"
-            f"{'' if args.no_channels_last else ', channels_last'} | reference: fp32"
+            f"{', channels_last' if tc.channels_last else ''} | reference: fp32"
             + (f" (TF32 convs: {torch.backends.cudnn.allow_tf32})" if device.type == "cuda" else ""))
     print(head, flush=True)
     print(f"command: python -m benchmarks.bench_train {' '.join(argv if argv is not None else sys.argv[1:])}")
     results: dict = {"device": device_name(device), "torch": torch.__version__, "header": head,
                      "command": "python -m benchmarks.bench_train " + " ".join(argv if argv is not None else sys.argv[1:]),
                      "cases": {}}
-    tag = f"{args.mixed_precision.replace('no', 'fp32')}{'' if args.no_channels_last else '+CL'}"
+    tag = f"{args.mixed_precision.replace('no', 'fp32')}{'+CL' if tc.channels_last else ''}"
     cases = args.cases.split(",")
     if "bce" in cases:
         results["cases"]["bce"] = bench_bce(args, tag, graphs, acc, images, device)

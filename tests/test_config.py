@@ -185,7 +185,7 @@ def test_overrides_and_code_keep_defaults_for_missing_sections():
         ("train.steps", "0b101", "params.yaml: train.steps must be an integer or auto, got '0b101'"),
         ("data.download", "yes", "params.yaml: data.download must be true or false, got 'yes'"),
         ("data.download", "on", "params.yaml: data.download must be true or false, got 'on'"),
-        ("train.channels_last", "No", "params.yaml: train.channels_last must be true or false, got 'No'"),
+        ("train.channels_last", "No", "params.yaml: train.channels_last must be true or false or auto, got 'No'"),
         ("train.lr_g", "1:30.5", "params.yaml: train.lr_g must be a number or auto, got '1:30.5'"),
         ("train.lr_g", ".nan", "params.yaml: train.lr_g must be a finite number, got nan"),
         ("train.lr_g", ".inf", "params.yaml: train.lr_g must be a finite number, got inf"),

@@ -17,7 +17,7 @@ MAX_LINES = 310  # "about 300": the step module sits just over it
 LAYERS = [
     {"errors", "fsutil"},
     {"config"},
-    {"data", "cores", "progress", "nets"},
+    {"data", "cores", "hardware", "progress", "nets"},
     {"tracking"},
     {"registry", "evaluation"},
     {"training", "export"},

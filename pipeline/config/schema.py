@@ -127,8 +127,10 @@ class TrainConfig:
     grad_clip_norm: float = spec(0.0, ge=0.0, doc="0 = off")
     grad_accum_steps: int = spec(1, ge=1, le=MAX_BATCH)
     ema_halflife_steps: float = spec(50.0, ge=0.0, doc="0 = no EMA (the EMA copy equals G)")
-    mixed_precision: str = spec("bf16", choices=("no", "fp16", "bf16"))
-    channels_last: bool = spec(True)
+    mixed_precision: str = spec(AUTO, choices=(AUTO, "no", "fp16", "bf16"),
+                                doc="auto = bf16 where the hardware runs it natively (CPUs with AVX-512 BF16, AMX or "
+                                    "ARM BF16; CUDA from compute capability 8.0), else no (float32)")
+    channels_last: bool | str = spec(AUTO, auto=True, doc="auto = on with bf16 and on CUDA, off for float32 on the CPU")
     reuse_fake: bool = spec(True, doc="the G step trains on the last D update's fakes, as the DCGAN reference does "
                                       "(one G forward less per step); false = fresh z. Only with grad_accum_steps 1")
     cpu_threads: int = spec(0, ge=0, le=1024, doc="CPU runs: torch threads per process; 0 = available cores / local "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pipeline import cores
+from pipeline import cores, hardware
 from pipeline.config import Params
 from pipeline.errors import DataError
 from pipeline.training.cuda_graph import GraphedStep
@@ -43,9 +43,15 @@ def fingerprint(params: Params, meta: dict, init_sha256: str | None = None) -> s
 
 
 def make_accelerator(params: Params):
-    from accelerate import Accelerator
+    """The run's Accelerator, its precision resolved for the device Accelerate picks (`hardware.choose`)."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    tc = params.train
+    # The process state the Accelerator below adopts: made as AcceleratorState would make it (the CPU flag of
+    # `accelerate launch --cpu` / ACCELERATE_USE_CPU decides the distributed backend too).
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    hardware.warn_slow_bf16(params.train.mixed_precision, device.type)
+    tc = hardware.resolved(params, device).train
     acc = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum_steps)
     cores.use_cpu_cores(acc, tc.cpu_threads)
     return acc

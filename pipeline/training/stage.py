@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import cores
+from pipeline import cores, hardware
 from pipeline.config import Params
 from pipeline.data import load_split, read_meta
 from pipeline.errors import RESUME_HINT, DataError, DivergenceError, Interrupted
@@ -52,6 +52,8 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     main, world = acc.is_main_process, acc.num_processes
     meta = read_meta(paths.prepared)
     params = params.resolved()  # steps, lr_g, lr_d: auto -> the digits' or every other set's
+    acc.print(hardware.describe(params, acc.device), flush=True)
+    params = hardware.resolved(params, acc.device)  # mixed_precision, channels_last: auto -> what this device runs
     tc = params.train
     if meta["shape"][1] != params.data.image_size:
         raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline import hardware
 from pipeline.config import Params
 from pipeline.data import BatchSampler
 from pipeline.nets import build, net_config, set_condition_scale
@@ -98,7 +99,8 @@ class GANStep:
                  classes: int = 0, warm: warmstart.WarmStart | None = None):
         from accelerate.utils import AutocastKwargs
 
-        params = params.resolved()  # the train stage has resolved them already; a benchmark may not have
+        # The train stage has resolved them already; a benchmark may not have.
+        params = hardware.resolved(params.resolved(), acc.device)
         tc = self.tc = params.train
         self.acc, self.device = acc, acc.device
         self.cfg = cfg = net_config(params, channels, classes)
