@@ -96,8 +96,8 @@ def test_system_metrics_switches(tmp_path, monkeypatch):
 
 def test_model_name_defaults_to_arch_and_data_set():
     assert parse_params({}).export.model_name == "dcgan-digits"
-    assert parse_params({"model": {"arch": "resnet"},
-                         "data": {"dataset": "imagefolder"}}).export.model_name == "resnet-imagefolder"
+    assert parse_params({"model": {"arch": "resnet"}, "data": {"dataset": "cifar10"}}).export.model_name == \
+        "resnet-cifar10"
     assert parse_params({"model": {"arch": "resnet"}, "export": {"model_name": "mine"}}).export.model_name == "mine"
     assert load_params(REPO / "params.yaml").export.model_name == "dcgan-digits"
 

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.config.naming import auto_model_name
 from pipeline.errors import ParamsError
 
 
@@ -177,7 +178,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model_name: str = spec("auto", doc="registered model name; auto = <model.arch>-<data.dataset>, e.g. dcgan-digits")
+    model_name: str = spec("auto", doc="registered model name; auto = <model.arch>-<data.dataset>, e.g. dcgan-digits, "
+                                       "and for imagefolder <model.arch>-<the folder's or .zip's name>")
     onnx: bool = spec(True)
     promote_metric: str = spec("fid", choices=("fid",))
     weights: str = spec("ema", choices=("ema", "last", "best"), doc="which generator to ship; must equal eval.weights")
@@ -210,7 +212,7 @@ class Params:
 
     def __post_init__(self) -> None:
         if self.export.model_name == "auto":  # resolved once, so every reader (export, gan-registry) agrees
-            name = f"{self.model.arch}-{self.data.dataset}"
+            name = auto_model_name(self.model.arch, self.data.dataset, self.data.root)
             object.__setattr__(self, "export", dataclasses.replace(self.export, model_name=name))
 
     def gradient_penalties(self) -> list[str]:

@@ -49,8 +49,8 @@ def metric_value(tags: dict, key: str) -> float | None:
 
 def _incomparable(a: dict, b: dict) -> tuple[str, str | None, str | None] | None:
     """How version `a`'s metrics were measured differently from `b`'s: (what, a's, b's), or None when comparable."""
-    for tag, what in ((TAG_EXTRACTOR, "feature extractor"), (TAG_SAMPLES, "sample count"),
-                      (TAG_EVAL_DATA, "reference data hash")):
+    for tag, what in ((TAG_EVAL_DATA, "reference data hash"), (TAG_EXTRACTOR, "feature extractor"),
+                      (TAG_SAMPLES, "sample count")):  # the data first: other data differ in every setting
         x, y = a["tags"].get(tag), b["tags"].get(tag)
         if x is None or x != y:
             return what, x, y
@@ -75,6 +75,11 @@ def decide(new: dict, champion: dict | None, metric: str = "fid") -> Decision:
                                f"promote by hand if v{v_new} should serve")
     if (differs := _incomparable(new, champion)) is not None:
         what, a, b = differs
+        if what == "reference data hash" and a is not None and b is not None:
+            return Decision(False, f"refusing to compare {metric}: v{v_new} was trained and measured on other data "
+                                   f"than champion v{v_old} (data {a!r}, champion's {b!r}); {metric.upper()}s on "
+                                   f"different data are not comparable. Champion v{v_old} stays; give this data its "
+                                   "own export.model_name, or promote by hand if intended")
         return Decision(False, f"refusing to compare {metric}: v{v_new} was measured with {what} {a!r}, "
                                f"champion v{v_old} with {b!r}; {metric.upper()}s from different {what}s are "
                                f"not comparable. Champion v{v_old} stays; promote by hand if intended")
