@@ -3,6 +3,7 @@ bound and bad-input errors. Small inputs: 16 px digits (1438 train / 359 ref ima
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -228,3 +229,25 @@ def test_train_fid_evaluator_matches_the_scorer_and_keeps_g_mode(world):
     s = metrics.make_scorer(cfg, world["prepared"], world["cls"], metrics=("fid",))
     assert fid == pytest.approx(s.score(s.generator_features(g, 200, cfg.seed))["frechet_inception_distance"],
                                 rel=1e-6)
+
+
+def test_evaluate_says_what_it_will_embed_and_how_long_then_one_eta_for_it_all(world, capsys, monkeypatch):
+    """The first line names the extractor, the counts and an estimate; the progress lines then count every image
+    this evaluation embeds (reference and generated), so their ETA is that of the whole evaluation."""
+    monkeypatch.setenv("TORCH_HOME", str(world["root"] / "fresh_home"))  # nothing cached: the reference set too
+    n_ref, cfg = len(world["ref"]), eval_cfg(num_samples=400, batch_size=50)
+    s = metrics.make_scorer(cfg, world["prepared"], world["cls"], progress=True)
+    s.generator_features(varied_generator(), 400, 0)
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(rf"evaluate: classifier-digits will embed 400 generated samples and {n_ref} reference images: "
+                        r"about \d+ s \([\d.e+]+ images/s on a first 32\)", out[0]), out[0]
+    total = 400 + n_ref
+    assert all(f"/{total}" in line for line in out[1:]) and len(out) >= 5, out
+    assert out[-1].startswith(f"evaluate: images embedded (generated samples) {total}/{total}") and "ETA 0 s" in out[-1]
+    assert any(line.startswith("evaluate: images embedded (reference images) ") for line in out)
+
+    metrics.make_scorer(cfg, world["prepared"], world["cls"], progress=True)  # now the reference features are cached
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"400 generated samples (the {n_ref} reference images' features are cached)" in first
+    metrics.make_scorer(cfg, world["prepared"], world["cls"])  # no progress: nothing printed (train's FID)
+    assert capsys.readouterr().out == ""

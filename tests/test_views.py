@@ -119,6 +119,7 @@ def test_classifier_stage_prints_progress(classifier_run):
 
 def test_evaluate_prints_progress_while_it_embeds(classifier_run, prepared_dir, tmp_path, monkeypatch, capsys):
     from pipeline.config import parse_params
+    from pipeline.data import load_split
     from pipeline.evaluation import scorer as metrics
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch-fidelity's feature cache
@@ -126,10 +127,12 @@ def test_evaluate_prints_progress_while_it_embeds(classifier_run, prepared_dir, 
     scorer = metrics.make_scorer(cfg, prepared_dir, classifier_run[0], progress=True)
     scorer.generator_features(varied_generator(), 200, seed=0)
     out = capsys.readouterr().out.splitlines()
-    generated = [ln for ln in out if ln.startswith("evaluate: generated samples ")]
-    assert [ln.split()[3] for ln in generated] == ["50/200,", "100/200,", "150/200,", "200/200,"]
-    assert all(re.search(ETA, ln) for ln in generated)
-    assert any(ln.startswith("evaluate: reference images ") for ln in out)
+    assert out[0].startswith("evaluate: classifier-digits will embed ") and " about " in out[0]
+    total = len(load_split(prepared_dir, "ref").images) + 200  # one count for the reference and generated sets
+    generated = [ln for ln in out if ln.startswith("evaluate: images embedded (generated samples) ")]
+    assert generated and all(ln.split()[5].endswith(f"/{total},") for ln in generated), generated
+    assert generated[-1].split()[5] == f"{total}/{total}," and all(re.search(ETA, ln) for ln in generated)
+    assert any(ln.startswith("evaluate: images embedded (reference images) ") for ln in out)
     metrics.make_scorer(cfg, prepared_dir, classifier_run[0]).generator_features(varied_generator(), 200, seed=0)
     assert "evaluate:" not in capsys.readouterr().out  # train's FID evaluator stays quiet
 

@@ -33,10 +33,10 @@ from pipeline.config import METRICS, EvalConfig
 from pipeline.config.schema import AUTO
 from pipeline.data import load_split, read_meta
 from pipeline.errors import MetricsError
+from pipeline.evaluation import plan
 from pipeline.evaluation.extractors import Extractor, build_feature_extractor
 from pipeline.evaluation.resolve import resolve_extractor, resolved
 from pipeline.nets.sampling import balanced_labels, latents, to_uint8
-from pipeline.progress import Progress
 
 ISC_SPLITS, PRC_NEIGHBOURHOOD = DEFAULTS["isc_splits"], DEFAULTS["prc_neighborhood"]
 Features = dict[str, torch.Tensor]  # layer name -> (N, D), as torch-fidelity passes them around
@@ -142,6 +142,12 @@ class Scorer:
                                               cfg.download_timeout_seconds)
         # torch-fidelity keys its cache by this name alone, so it carries the data hash and the extractor version.
         self.cache_name = f"ref-{data_hash}-{extractor.version}"
+        # The counter of every image evaluate embeds: those embedded, and the generated share still to come
+        self._bar, self._embedded, self._pending = None, 0, self.cfg.num_samples // self.world
+        if progress and self.rank == 0:  # what evaluate will embed, an estimate, and one ETA for all of it
+            ref_cached = plan.cached(self._cache_prefix(self.cache_name), self.fe.get_requested_features_list(), None)
+            self._bar = plan.start(extractor.name, self.cfg.num_samples, len(ref_images), ref_cached, self.world,
+                                   plan.seconds_per_image(self.fe, ref_images, extractor.rgb, cuda))
         self.real = self._cached(self.cache_name, lambda: self.image_features(ref_images, "reference images"))
         self.real_stats = fid_featuresdict_to_statistics_cached(
             self.real, self.cache_name, self.fe, self.layers["fid"], **self.kw) if "fid" in self.metrics else None
@@ -158,23 +164,26 @@ class Scorer:
     def _cached(self, name: str, compute: Callable[[], Features]) -> Features:
         if self.dist is not None:
             self.dist.wait_for_everyone()  # every process sees the same cache state, so all hit or all compute
-        prefix = f"{name}-{self.fe.get_name()}-features-"  # torch-fidelity's own cache file naming
-        return cache_lookup_group_recompute_all_on_any_miss(prefix, self.fe.get_requested_features_list(), compute,
-                                                            **self.kw)
+        return cache_lookup_group_recompute_all_on_any_miss(self._cache_prefix(name),
+                                                            self.fe.get_requested_features_list(), compute, **self.kw)
+
+    def _cache_prefix(self, name: str) -> str:
+        return f"{name}-{self.fe.get_name()}-features-"  # torch-fidelity's own cache file naming
 
     @contextmanager
     def _progress(self, what: str, n: int) -> Iterator[None]:
-        """Progress lines while the extractor embeds this process's n images (counted after each batch)."""
-        if not self.progress or self.rank != 0:
+        """Progress lines while the extractor embeds this process's n images (counted after each batch), on the one
+        counter of the whole evaluation (`plan.start`: its ETA covers the sets still to come)."""
+        bar = self._bar
+        if bar is None:
             yield
             return
-        share = f" (process 0's share of {self.world})" if self.world > 1 else ""
-        bar, done = Progress(f"evaluate: {what}{share}", n), 0
+        share = f", process 0's share of {self.world}" if self.world > 1 else ""
+        bar.label, bar.total = f"evaluate: images embedded ({what}{share})", self._embedded + n + self._pending
 
         def count(module: nn.Module, args: tuple, output: object) -> None:
-            nonlocal done
-            done += len(args[0])
-            bar.update(done)
+            self._embedded += len(args[0])
+            bar.update(self._embedded)
 
         hook = self.fe.register_forward_hook(count)
         try:
@@ -212,6 +221,7 @@ class Scorer:
         labels = balanced_labels(n, generator.cfg.num_classes)
         was_training = generator.training
         generator.eval()
+        self._pending = 0  # the generated set, counted as it comes
         try:
             block = self.kw["batch_size"]
             return self._extract(lambda a, b: _Generated(generator, z[a:b], None if labels is None else labels[a:b],
