@@ -51,13 +51,13 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
     acc = accelerator or make_accelerator(params)
     main, world = acc.is_main_process, acc.num_processes
     meta = read_meta(paths.prepared)
+    if meta["shape"][1] != params.data.image_size:
+        raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "
+                        f"{params.data.image_size}; run the prepare stage again (dvc repro prepare)")
     params = params.resolved()  # steps, lr_g, lr_d: auto -> the digits' or every other set's
     acc.print(hardware.describe(params, acc.device), flush=True)
     params = hardware.resolved(params, acc.device)  # mixed_precision, channels_last: auto -> what this device runs
     tc = params.train
-    if meta["shape"][1] != params.data.image_size:
-        raise DataError(f"the prepared data in {paths.prepared} is {meta['shape'][1]} px but data.image_size is "
-                        f"{params.data.image_size}; run the prepare stage again (dvc repro prepare)")
     split = load_split(paths.prepared, "train")
     classes = num_classes(params, meta)
     warm = warmstart.resolve(tc.init_from, params.tracking.uri) if tc.init_from else None
