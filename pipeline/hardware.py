@@ -24,10 +24,9 @@ _ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_C
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """What `auto` resolves to on one device, and why (one line for the log)."""
+    """What train.mixed_precision `auto` resolves to on one device, and why (one line for the log)."""
 
     mixed_precision: str  # no | fp16 | bf16, as Accelerate spells it
-    channels_last: bool
     why: str
 
 
@@ -71,37 +70,41 @@ def choose(device) -> Choice:
 
         major, minor = torch.cuda.get_device_capability(device)
         if major >= 8:
-            return Choice("bf16", True, f"compute capability {major}.{minor}: native bf16")
+            return Choice("bf16", f"compute capability {major}.{minor}: native bf16")
         # Unmeasured here (no pre-Ampere GPU): fp16 needs a loss scaler that syncs with the host each step and a GAN
         # is fragile in it, so float32 is the safe default; train.mixed_precision: fp16 remains a choice.
-        return Choice("no", True, f"compute capability {major}.{minor}: no native bf16")
+        return Choice("no", f"compute capability {major}.{minor}: no native bf16")
     if device.type == "cpu":
         native, why = cpu_native_bf16()
-        # channels_last pairs with bf16 (oneDNN's blocked bf16 kernels); in float32 it measured level with the
-        # default format (BENCHMARKS.md), so fp32 keeps PyTorch's default format.
-        return Choice("bf16", True, why) if native else Choice("no", False, why)
-    return Choice("no", False, f"{device.type}: float32")
+        return Choice("bf16" if native else "no", why)
+    return Choice("no", f"{device.type}: float32")
+
+
+def channels_last(device, precision: str) -> bool:
+    """train.channels_last `auto`: on CUDA, and on the CPU with bf16 (oneDNN's blocked bf16 kernels). In float32 on
+    the CPU it measured level with PyTorch's default format or slower (BENCHMARKS.md), so that keeps the default."""
+    return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
 
 
 def resolved(params: Params, device) -> Params:
-    """params with train.mixed_precision and train.channels_last `auto` resolved for `device`."""
-    tc, choice = params.train, choose(device)
-    changes = {}
-    if tc.mixed_precision == AUTO:
-        changes["mixed_precision"] = choice.mixed_precision
-    if tc.channels_last == AUTO:
-        changes["channels_last"] = choice.channels_last
-    return dataclasses.replace(params, train=dataclasses.replace(tc, **changes)) if changes else params
+    """params with train.mixed_precision and train.channels_last `auto` resolved for `device` (channels_last by
+    the precision the run takes, asked for or resolved)."""
+    tc = params.train
+    precision = choose(device).mixed_precision if tc.mixed_precision == AUTO else tc.mixed_precision
+    cl = channels_last(device, precision) if tc.channels_last == AUTO else tc.channels_last
+    if (precision, cl) == (tc.mixed_precision, tc.channels_last):
+        return params
+    return dataclasses.replace(params, train=dataclasses.replace(tc, mixed_precision=precision, channels_last=cl))
 
 
 def describe(params: Params, device) -> str:
     """One line for the start of a stage: the precision and memory format it runs, and why."""
-    tc, choice = params.train, choose(device)
+    tc, why = params.train, choose(device).why
     tc_done = resolved(params, device).train
     precision = {"no": "float32", "fp16": "fp16 autocast", "bf16": "bf16 autocast"}[tc_done.mixed_precision]
     how = "auto" if tc.mixed_precision == AUTO else "train.mixed_precision"
     return (f"precision: {precision}{', channels_last' if tc_done.channels_last else ''} on {device.type} "
-            f"({how}; {choice.why})")
+            f"({how}; {why})")
 
 
 @functools.cache

@@ -38,8 +38,7 @@ def cpu_flags(monkeypatch):
 ])
 def test_cpu_auto_is_bf16_only_where_it_is_native(cpu_flags, flags, precision, channels_last):
     cpu_flags(*flags)
-    choice = hardware.choose(CPU)
-    assert (choice.mixed_precision, choice.channels_last) == (precision, channels_last)
+    assert hardware.choose(CPU).mixed_precision == precision
     p = hardware.resolved(parse_params({"train": AUTO}), CPU)
     assert (p.train.mixed_precision, p.train.channels_last) == (precision, channels_last)
 
@@ -68,14 +67,23 @@ def test_arm_auto_needs_the_bf16_extension(monkeypatch):
 def test_cuda_auto_is_bf16_from_compute_capability_8(monkeypatch, capability, precision):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     choice = hardware.choose(CUDA)
-    assert (choice.mixed_precision, choice.channels_last) == (precision, True)
-    assert f"{capability[0]}.{capability[1]}" in choice.why
+    assert choice.mixed_precision == precision and f"{capability[0]}.{capability[1]}" in choice.why
+    p = hardware.resolved(parse_params({"train": AUTO}), CUDA)
+    assert (p.train.mixed_precision, p.train.channels_last) == (precision, True)
 
 
 def test_explicit_values_are_obeyed(cpu_flags):
     cpu_flags("avx2")
     p = hardware.resolved(parse_params({"train": {"mixed_precision": "bf16", "channels_last": True}}), CPU)
     assert (p.train.mixed_precision, p.train.channels_last) == ("bf16", True)
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("no", False), ("bf16", True)])
+def test_auto_channels_last_follows_the_precision_asked_for(cpu_flags, precision, channels_last):
+    """float32 asked for on a CPU with native bf16 keeps the default format, as float32 chosen by auto does."""
+    cpu_flags("avx512_bf16", "amx_bf16")
+    p = hardware.resolved(parse_params({"train": {"mixed_precision": precision}}), CPU)
+    assert (p.train.mixed_precision, p.train.channels_last) == (precision, channels_last)
 
 
 def test_explicit_bf16_on_a_cpu_without_it_warns_once_in_one_line(cpu_flags, capsys):
@@ -108,13 +116,14 @@ def test_the_fingerprint_holds_the_resolved_value(cpu_flags):
         assert fingerprint(hardware.resolved(auto, CPU), meta) == fingerprint(same, meta)
     cpu_flags("avx2")
     on_avx2 = fingerprint(hardware.resolved(auto, CPU), meta)
+    assert fingerprint(auto, meta) == on_avx2  # unresolved params are resolved for the CPU, as the stage would
     cpu_flags("avx512_bf16")
     assert fingerprint(hardware.resolved(auto, CPU), meta) != on_avx2  # another precision is another trajectory
 
 
 def test_a_run_records_the_resolved_value_and_resumes_with_it(prepared_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    chosen = hardware.choose(CPU)
+    chosen = hardware.resolved(parse_params({"train": AUTO}), CPU).train
     tracked = {"enabled": True, "uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "auto"}
     run_tiny(prepared_dir, tmp_path, tiny_params(train={**AUTO, "steps": 6}, tracking=tracked))
     out = capsys.readouterr().out

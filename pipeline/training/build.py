@@ -31,11 +31,13 @@ SCHEDULE_ONLY = ("steps", "log_every_steps", "sample_every_steps", "checkpoint_e
                  "fid_every_steps", "cuda_graphs")
 
 
-def fingerprint(params: Params, meta: dict, init_sha256: str | None = None) -> str:
+def fingerprint(params: Params, meta: dict, init_sha256: str | None = None, device=None) -> str:
     """What a checkpoint must match to be resumed: data (the prepared data's `meta`), model, the train params that
-    shape the trajectory, with their `auto` values resolved for the data, and the weights train.init_from started
-    from (an alias that moved is another experiment)."""
-    params = params.resolved()
+    shape the trajectory, with their `auto` values resolved for the data and for `device` (the precision; default the
+    CPU), and the weights train.init_from started from (an alias that moved is another experiment)."""
+    import torch
+
+    params = hardware.resolved(params.resolved(), device or torch.device("cpu"))
     train = {k: v for k, v in params.to_dict()["train"].items() if k not in SCHEDULE_ONLY}
     blob = json.dumps({"data": meta["hash"], "model": params.to_dict()["model"], "train": train,
                        **({"init": init_sha256} if init_sha256 else {})}, sort_keys=True)

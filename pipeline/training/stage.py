@@ -67,7 +67,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
 
     # Resume, when a checkpoint of the same data/model/train params exists: checkpoints/<fingerprint>/latest.
     # Other fingerprints' checkpoints stay (switching experiments and back resumes), up to a bound.
-    fp = fingerprint(params, meta, warm.sha256 if warm else None)
+    fp = fingerprint(params, meta, warm.sha256 if warm else None, acc.device)
     best_name = weights.GENERATOR_FILES["best"]  # in models/, and its copy in each checkpoint
     best_path = paths.models / best_name
     start, history, best_fid = 0, [], math.inf
