@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import yaml12
-from pipeline.config.schema import AUTO, AUTO_NUM_SAMPLES, AUTO_STEPS, Params
+from pipeline.config.schema import APA_LOSSES, AUTO, AUTO_NUM_SAMPLES, AUTO_STEPS, Params
 from pipeline.errors import ParamsError
 
 
@@ -133,6 +133,11 @@ def _check_combinations(p: Params) -> None:
         raise ParamsError(
             "params.yaml: model.spectral_norm=true cannot be used with train.loss=wgan: weight clipping would clamp "
             "the unnormalised weights that spectral norm rescales anyway; use one Lipschitz constraint"
+        )
+    if p.train.apa and p.train.loss not in APA_LOSSES:
+        raise ParamsError(
+            f"params.yaml: train.apa=true needs train.loss {' or '.join(APA_LOSSES)}, got {p.train.loss}: its p "
+            "follows E[sign D(x_real)], which has no fixed boundary at 0 under a shift-invariant or least-squares D"
         )
     if p.train.batch_size % p.train.grad_accum_steps:
         raise ParamsError(

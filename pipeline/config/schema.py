@@ -59,6 +59,9 @@ AUTO_LR = {"digits": 2e-4, "pictures": 1.6e-3}
 METRICS = ("isc", "fid", "kid", "prc")
 AUGMENT_POLICY = ("colour", "translation", "cutout")  # DiffAugment's; the default
 AUGMENT_TRANSFORMS = ("flip", "zoom", *AUGMENT_POLICY)  # training/augment.TRANSFORMS
+# train.apa's losses: those under which E[sign D(x_real)], APA's over-fitting signal as ADA's, has its meaning (D's
+# decision boundary at 0). wgan, wgan-gp and rpgan are invariant to a shift of every score; lsgan's boundary is 0.5.
+APA_LOSSES = ("bce", "hinge")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,17 @@ class TrainConfig:
                                                "cutout")
     ada_target: float = spec(0.6, gt=0.0, le=1.0, doc="ada: target E[sign D(x_real)] (overfitting signal)")
     ada_kimg: float = spec(20.0, gt=0.0, doc="ada: thousands of images for p to move by 1")
-    ada_interval_steps: int = spec(4, ge=1, le=MAX_STEPS, doc="ada: adjust p every this many G steps")
+    ada_interval_steps: int = spec(4, ge=1, le=MAX_STEPS, doc="ada and apa: adjust p every this many G steps")
+    lecam_weight: float = spec(0.0, ge=0.0, doc="LeCam regularisation of D (Tseng et al., 2021): lambda of "
+                                              "E(D(x) - alpha_F)^2 + E(D(G(z)) - alpha_R)^2, alpha = moving averages "
+                                              "of D's outputs; 0 = off (the paper: 0.3 with DiffAugment on limited "
+                                              "CIFAR-10)")
+    lecam_decay: float = spec(0.99, ge=0.0, le=0.9999, doc="LeCam: decay of alpha_R and alpha_F per D update")
+    apa: bool = spec(False, doc="adaptive pseudo augmentation (Jiang et al., 2021): each real D sees is a fake with "
+                                "probability p, adapted as ADA's; train.loss bce or hinge")
+    apa_target: float = spec(0.6, gt=0.0, le=1.0, doc="apa: target E[sign D(x_real)] (DeceiveD's 0.6)")
+    apa_kimg: float = spec(20.0, gt=0.0, doc="apa: thousands of images for p to move by 1 (DeceiveD: ADA's 500 on "
+                                             "runs of 25,000 kimg; 20 as train.ada_kimg for runs of a few hundred)")
     clip_value: float = spec(0.01, gt=0.0, doc="wgan weight clipping bound")
     grad_clip_norm: float = spec(0.0, ge=0.0, doc="0 = off")
     grad_accum_steps: int = spec(1, ge=1, le=MAX_BATCH)

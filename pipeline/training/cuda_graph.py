@@ -84,7 +84,7 @@ class GraphedStep(GANStep):
 
 def check_graphable(tc, world: int) -> None:
     """train.cuda_graphs captures one process's whole step: no gradient all-reduce, accumulation or loss scaler;
-    ADA's controller is not captured."""
+    ADA's, APA's and LeCam's device-side state is not captured yet."""
     why = graph_blocker(tc, world)
     if why:
         raise ParamsError(f"params.yaml: train.cuda_graphs=true cannot be used here: {why}")
@@ -100,4 +100,8 @@ def graph_blocker(tc, world: int) -> str:
         return f"it needs a single process, got {world}"
     if tc.augment == "ada":
         return "train.augment=ada is not graphed yet; use diffaug or none"
+    if tc.apa:  # APA's and LeCam's device-side state has not been checked under capture
+        return "train.apa=true is not graphed yet; set it to false"
+    if tc.lecam_weight > 0:
+        return "train.lecam_weight>0 is not graphed yet; set it to 0"
     return ""

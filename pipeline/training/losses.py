@@ -3,7 +3,8 @@
 bce: non-saturating (Goodfellow et al., 2014); wgan: Arjovsky et al., 2017 (weight clipping);
 wgan-gp: Gulrajani et al., 2017; hinge: Lim & Ye, 2017 / Miyato et al., 2018; lsgan: Mao et al., 2017;
 rpgan: the relativistic pairing loss (Jolicoeur-Martineau, 2018; Huang et al., 2024, R3GAN, arXiv:2501.05441) with
-zero-centred R1/R2 penalties (Mescheder et al., 2018); the mode-seeking term of MSGAN (Mao et al., 2019).
+zero-centred R1/R2 penalties (Mescheder et al., 2018); the mode-seeking term of MSGAN (Mao et al., 2019); LeCam
+regularisation (Tseng et al., 2021, arXiv:2104.03310).
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def mode_seeking(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torc
     d_img = (fake[:half].float() - fake[half : 2 * half].float()).abs().flatten(1).mean(dim=1)
     d_z = (z[:half].float() - z[half : 2 * half].float()).abs().mean(dim=1)
     return (1.0 / (d_img / d_z + eps)).mean()
+
+
+def lecam(real: torch.Tensor, fake: torch.Tensor, alpha_real: torch.Tensor, alpha_fake: torch.Tensor) -> torch.Tensor:
+    """LeCam regulariser (Tseng et al., 2021, arXiv:2104.03310, eq. 3): E[(D(x) - alpha_F)^2] + E[(D(G(z)) - alpha_R)^2]
+    on raw scores (B,), where alpha_R, alpha_F are moving averages of D's mean output on reals and fakes. It pulls
+    each side's scores toward the other side's average, bounding how far D can separate them on few images. The
+    authors' code clips it one-sided (relu(D(x) - alpha_F), relu(alpha_R - D(G(z)))); this is the paper's form."""
+    return (real.float() - alpha_fake).square().mean() + (fake.float() - alpha_real).square().mean()
 
 
 def clip_weights(module: torch.nn.Module, bound: float) -> None:

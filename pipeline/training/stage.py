@@ -80,6 +80,7 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
         start, history, best_fid = state["step"], state["history"], state.get("best_fid", math.inf)
         if gan.ada is not None:
             gan.ada.load(state["ada"])
+        gan.reg.load(state.get("regularisers", {}))  # LeCam's moving averages, APA's p
         if main and (ckpt / best_name).exists():  # DVC removed models/ before re-running the stage
             paths.models.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ckpt / best_name, best_path)
@@ -150,6 +151,8 @@ def train(params: Params, paths: TrainPaths, accelerator=None,
                               "tensorboard_run": tracker.tensorboard_run}
                 if gan.ada is not None:
                     loop_state["ada"] = gan.ada.state()
+                if reg_state := gan.reg.state():
+                    loop_state["regularisers"] = reg_state
                 checkpoint.save_checkpoint(acc, paths.checkpoints, fp, done, ema, loop_state,
                                            tc.keep_checkpoints, files={best_name: best_path})
             t_tick, n_tick = time.perf_counter(), 0

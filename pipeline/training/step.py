@@ -3,7 +3,8 @@
 Follows the DCGAN recipe (Radford et al., 2015) with the WGAN / WGAN-GP critic schedule (Arjovsky et al., 2017;
 Gulrajani et al., 2017), zero-centred R1/R2 (Mescheder et al., 2018; R3GAN, Huang et al., 2024), lazy regularisation
 (Karras et al., 2020, stylegan2-ada), differentiable augmentation in front of D (DiffAugment / ADA, `augment`),
-class conditioning (projection D), MSGAN's mode-seeking term (Mao et al., 2019) and an EMA of G.
+class conditioning (projection D), MSGAN's mode-seeking term (Mao et al., 2019), the opt-in LeCam term and adaptive
+pseudo augmentation (`regularise`) and an EMA of G.
 Every random draw of step s on rank r comes from a seed that is a function of (train.seed, s, r), so a resumed run
 replays an uninterrupted one exactly.
 """
@@ -11,7 +12,6 @@ replays an uninterrupted one exactly.
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,8 +23,9 @@ from pipeline.config import Params
 from pipeline.data import BatchSampler
 from pipeline.nets import build, net_config, set_condition_scale
 from pipeline.nets.sampling import from_uint8
-from pipeline.training import augment, losses, warmstart
+from pipeline.training import augment, losses, regularise, warmstart
 from pipeline.training.ema import EMA
+from pipeline.training.stats import Stats
 
 # Losses whose D outputs the logit of a probability (D(x) = sigmoid(logit)); the others' D is an unbounded critic.
 PROBABILITY_LOSSES = ("bce",)
@@ -50,21 +51,6 @@ def _cond(labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63)
-
-
-class Stats:
-    """Collects detached device tensors between ticks; one host sync per tick, none per step."""
-
-    def __init__(self) -> None:
-        self._v: dict[str, list[torch.Tensor]] = defaultdict(list)
-
-    def report(self, name: str, value: torch.Tensor) -> None:
-        self._v[name].append(value.detach().float().reshape(()))
-
-    def pop_means(self) -> dict[str, float]:
-        out = {k: torch.stack(v).mean().item() for k, v in self._v.items() if v}
-        self._v.clear()
-        return out
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
@@ -138,6 +124,8 @@ class GANStep:
         self.ada = augment.AdaptiveP(tc.ada_target, tc.ada_kimg, tc.batch_size, tc.ada_interval_steps,
                                      self.device) if tc.augment == "ada" else None
         self.augment_p = {"none": 0.0, "diffaug": tc.augment_p, "ada": None}[tc.augment]
+        self.reg = regularise.DRegularisers(tc, self.device)  # LeCam, APA: off by default
+        self._reduce = (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None  # controllers' sums
         self.penalised = bool(params.gradient_penalties())
         self.stats = Stats()
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
@@ -187,8 +175,8 @@ class GANStep:
         gp_at = tuple(self.penalised and (step * tc.n_critic + j) % tc.gp_every == 0 for j in range(tc.n_critic))
         self._run(step, gp_at)
         if self.ada is not None and (step + 1) % tc.ada_interval_steps == 0:
-            reduce = (lambda t: self.acc.reduce(t, "sum")) if self.acc.num_processes > 1 else None
-            self.stats.report("Augment/r_t", self.ada.adjust(reduce))
+            self.stats.report("Augment/r_t", self.ada.adjust(self._reduce))
+        self.reg.end_step(step, self._reduce, self.stats.report)
 
     def _run(self, step: int, gp_at: tuple[bool, ...]) -> None:
         """This step's work, eagerly, on micro-batches drawn by index."""
@@ -219,6 +207,7 @@ class GANStep:
             keep = self.reuse_fake and j == tc.n_critic - 1  # the G step trains on these fakes
             for m in range(tc.grad_accum_steps):
                 last = self._d_micro_step(*real(j, m), keep=keep, penalise=gp_at[j])
+            self.reg.end_d_update(self._reduce)
             if tc.loss == "wgan":
                 losses.clip_weights(self.D_plain, tc.clip_value)
         return last
@@ -231,15 +220,16 @@ class GANStep:
             with torch.set_grad_enabled(keep), self._autocast():
                 z = self._noise()
                 fake = (self.G if keep else self.G_plain)(z, *_cond(y_fake))
+            x_d, y_d = self.reg.reals(x, y_real, fake, y_fake)  # APA: some of D's reals are these fakes
             with self._autocast():
-                s_real, s_fake = self.D(aug(x), *_cond(y_real)), self.D(aug(fake.detach()), *_cond(y_fake))
-            loss_d = losses.d_loss(tc.loss, s_real, s_fake)
+                s_real, s_fake = self.D(aug(x_d), *_cond(y_d)), self.D(aug(fake.detach()), *_cond(y_fake))
+            loss_d = self.reg.d_loss(losses.d_loss(tc.loss, s_real, s_fake), s_real, s_fake, self.stats.report)
             if self.ada is not None:
                 self.ada.observe(s_real)
             # Penalties, lazily every gp_every D updates, weighted by gp_every (fp32, through the same augmentation
             # as the D call they regularise).
             if penalise:
-                loss_d = loss_d + tc.gp_every * self._penalties(x, y_real, fake, y_fake)
+                loss_d = loss_d + tc.gp_every * self._penalties(x_d, y_d, fake, y_fake)
             self._backward_step(loss_d, self.D, self.opt_d, "Grad/norm_D")
         return DBatch(x, y_real, z, fake, y_fake, s_real, s_fake, loss_d)
 
