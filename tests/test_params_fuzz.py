@@ -83,6 +83,7 @@ WRONG = {int: ["1.5", "'12'", "true", "[1]", "{a: 1}", "~", "twelve"],
          int | str: ["1.5", "'12'", "true", "[1]", "~", "twelve"],  # an integer or auto
          float | str: ["fast", "true", "[0.1]", "~", "'0.1'"],  # a number or auto
          bool: ["1", "0", "'true'", "maybe", "[true]", "~", "1.0"],
+         bool | str: ["1", "0", "'true'", "maybe", "[true]", "~", "1.0"],  # true, false or auto
          str: ["[a]", "{a: b}", "7", "1.5", "~"],
          str | None: ["[a]", "{a: b}", "7", "1.5", "false"],
          tuple[str, ...]: ["7", "{fid: 1}", "[]", "[fid, [kid]]", "~", "true"]}
