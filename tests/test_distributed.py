@@ -71,6 +71,20 @@ def test_two_processes_on_one_machine(prepared_dir, tmp_path):
     _check_ranks(tmp_path / "out")
 
 
+def test_two_processes_with_lecam_and_apa(prepared_dir, tmp_path):
+    """LeCam's averages (every D update) and APA's p (every interval) sum their statistics over the processes: each
+    rank must make the same collectives, under gradient accumulation too, and the ranks' weights stay equal."""
+    params = _params(tmp_path, loss="hinge", lecam_weight=0.3, apa=True, apa_kimg=0.05, ada_interval_steps=2,
+                     grad_accum_steps=2)
+    args = ["--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port())]
+    _wait([_launch(args, params, prepared_dir, tmp_path / "out", launcher="pipeline.commands.launch")])
+    _check_ranks(tmp_path / "out")
+    import json
+
+    loop = json.loads(next((tmp_path / "out" / "checkpoints").glob("*/step-0000006/loop.json")).read_text())
+    assert set(loop["regularisers"]) == {"lecam", "apa"} and loop["regularisers"]["lecam"]["updates"] == 6
+
+
 def test_two_machines_on_loopback(prepared_dir, tmp_path):
     params = _params(tmp_path, grad_accum_steps=2)
     port = str(free_port())
