@@ -35,8 +35,10 @@ DATA = ["data.dataset=imagefolder", "data.channels=3", "data.image_size=32"]
 
 
 def score_params(samples: int, refs: int, threads: int, overrides: list[str]) -> list[str]:
-    """Scoring as in every row: NVIDIA's Inception, FID and KID (subsets no larger than either side)."""
-    return ["eval.extractor=inception-v3-nvidia", "eval.metrics=[fid,kid]", f"eval.num_samples={samples}",
+    """Scoring as in every row: NVIDIA's Inception, FID, KID (subsets no larger than either side) and precision and
+    recall (k = 3 neighbours in the reference's own features: with a few hundred reference pictures they move by
+    several hundredths between seeds, so compare them only between rows on the same reference)."""
+    return ["eval.extractor=inception-v3-nvidia", "eval.metrics=[fid,kid,prc]", f"eval.num_samples={samples}",
             f"eval.kid_subset_size={min(1000, samples, refs)}", f"train.cpu_threads={threads}", *overrides]
 
 
@@ -90,13 +92,20 @@ def floor_row(work: Path, params) -> dict:
     pick = np.random.default_rng(0).permutation(len(train))[: params.eval.num_samples]
     scorer = make_scorer(params.eval, work / "prepared", None)
     s = scorer.score(scorer.image_features(train[np.sort(pick)], "training pictures"))
-    return {"seed": "-", "train_seconds": 0, "img_per_s": None, "FID": s[FID], "KID": s[KID], "n": len(pick)}
+    return {"seed": "-", "train_seconds": 0, "img_per_s": None, "FID": s[FID], "KID": s[KID],
+            "precision": s.get("precision"), "recall": s.get("recall"), "n": len(pick)}
+
+
+def _mean(values: list) -> str:
+    """The mean of the rows that measured it (older rows scored FID and KID only), or -."""
+    known = [x for x in values if x is not None]
+    return f"{sum(known) / len(known):.3f}" if known else "-"
 
 
 def table(root: Path) -> str:
     """Markdown: one line per set and row, mean over seeds, with ratios against the floor and the reference."""
-    lines = ["| set | row | seeds | FID | KID | FID / floor | FID / reference | train s | img/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | row | seeds | FID | KID | precision | recall | FID / floor | FID / reference | train s | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for set_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         kinds = ["project", *sorted(d.name for d in set_dir.glob("project-*")), "reference", "floor"]
         rows = {k: [json.loads(f.read_text()) for f in sorted(set_dir.glob(f"{k}/*/row.json"))] for k in kinds}
@@ -110,8 +119,10 @@ def table(root: Path) -> str:
             speed = [r["img_per_s"] for r in v if r.get("img_per_s")]
             timing = (f"{sum(r['train_seconds'] for r in v) / len(v):.0f} | {sum(speed) / len(speed):.0f}" if speed
                       else "- | -")
+            pr = [_mean([r.get(m) for r in v]) for m in ("precision", "recall")]
             lines.append(f"| {set_dir.name} | {k} | {len(v)} | {mean[k]:.1f} ({fids}) | "
-                         f"{sum(r['KID'] for r in v) / len(v):.4f} | {ratio_floor} | {ratio_ref} | {timing} |")
+                         f"{sum(r['KID'] for r in v) / len(v):.4f} | {pr[0]} | {pr[1]} | {ratio_floor} | {ratio_ref} | "
+                         f"{timing} |")
     return "\n".join(lines)
 
 

@@ -183,3 +183,17 @@ def test_resume_is_exact_with_lecam_and_apa_accumulation_n_critic_and_labels(pre
     _, cfg = weights.load_generator(tmp_path / "full/models/generator.safetensors",
                                     tmp_path / "full/models/generator.json")
     assert cfg["net"]["num_classes"] == 10
+
+
+def test_the_logged_ada_p_is_the_mean_over_the_tick_not_its_last_value():
+    """Stats keeps the tensors it is given until the tick; ADA's p moves in place, so the step reports a copy."""
+    images = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    params = tiny_params(train={"augment": "ada", "ada_kimg": 0.1, "ada_interval_steps": 1})
+    gan = make_step(params, fresh_accelerator(params), images, channels=1)
+    gan.ada.p.fill_(0.5)  # mid-range, so that p moves whichever way D's outputs push it
+    seen = []
+    for step in range(6):
+        seen.append(float(gan.ada.p))  # the p this step's D calls use, reported by the step
+        gan(step)
+    assert len(set(seen)) > 1, seen  # p moved during the tick
+    assert gan.stats.pop_means()["Augment/p"] == pytest.approx(sum(seen) / len(seen))

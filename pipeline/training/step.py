@@ -247,7 +247,7 @@ class GANStep:
         if tc.loss in ("wgan", "wgan-gp"):
             stats.report("Loss/wasserstein_estimate", losses.wasserstein_estimate(last.s_real, last.s_fake))
         if self.ada is not None:
-            stats.report("Augment/p", self.ada.p)
+            stats.report("Augment/p", self.ada.p.clone())  # a copy: adjust() moves p in place
 
     def _g_update(self, last: DBatch) -> torch.Tensor:
         """G's update against the last D micro-batch's labels (and fakes, under reuse_fake); returns G's loss. D is
