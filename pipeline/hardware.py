@@ -43,11 +43,22 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _macos_bf16() -> bool:
+    """Whether macOS reports ARM's BF16 extension (Apple M2 and later; not M1)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.stdout.strip() == "1"
+
+
 def cpu_native_bf16() -> tuple[bool, str]:
     """Whether this CPU runs bf16 natively for torch (oneDNN's convolutions and matmuls), and the reason."""
     flags, machine = _cpu_flags(), platform.machine().lower()
     if machine in ("arm64", "aarch64"):
-        if "bf16" in flags or sys.platform == "darwin":  # Apple's M2 and later have it; M1 is rare under torch CPU
+        if "bf16" in flags or (sys.platform == "darwin" and _macos_bf16()):
             return True, "ARM with BF16 instructions"
         return False, "ARM without BF16 instructions"
     native = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")) if flag in flags]

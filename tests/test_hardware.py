@@ -60,6 +60,10 @@ def test_arm_auto_needs_the_bf16_extension(monkeypatch):
     assert hardware.choose(CPU).mixed_precision == "bf16"
     monkeypatch.setattr(hardware, "_cpu_flags", lambda: {"fp", "asimd"})
     assert hardware.choose(CPU).mixed_precision == "no"
+    monkeypatch.setattr(hardware.sys, "platform", "darwin")  # no /proc/cpuinfo: macOS's sysctl answers
+    for m1_or_m2, precision in ((False, "no"), (True, "bf16")):
+        monkeypatch.setattr(hardware, "_macos_bf16", lambda answer=m1_or_m2: answer)
+        assert hardware.choose(CPU).mixed_precision == precision
 
 
 @pytest.mark.parametrize(("capability", "precision"), [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "no"),
