@@ -68,6 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
     reference, and count both's FLOPs. One step per process: Accelerate's precision is process-wide."""
     from benchmarks import bench_train
     from pipeline import hardware
+    from pipeline.training.build import make_accelerator
 
     native, why = hardware.cpu_native_bf16()
     bargs = argparse.Namespace(image_size=32, z_dim=args.z_dim, width=args.width, batch=args.batch,
@@ -75,7 +76,7 @@ def worker(args: argparse.Namespace) -> dict:
                                set=[f"train.cpu_threads={args.threads}", *filter(None, args.sets.split(","))])
     images = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     params = bench_train.project_params(bargs, "bce")
-    acc = bench_train.make_accelerator(params)
+    acc = make_accelerator(params)
     tc = hardware.resolved(params, acc.device).train
     name = f"{args.name} ({tc.mixed_precision.replace('no', 'fp32')}{', channels_last' if tc.channels_last else ''})"
     makers = [("reference: examples dcgan loop (fp32)",
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, f)
         return 0
     results = []
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     configs = [("default", ""), *(v.partition("=")[::2] for v in args.variant)]
     for isa in args.isas.split(","):
         env = {**os.environ, **ISAS[isa][0]}
