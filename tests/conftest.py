@@ -72,6 +72,23 @@ def run_tiny(prepared: Path, out: Path, params: Params | None = None, **kw) -> d
     return train(params, train_paths(prepared, out), accelerator=fresh_accelerator(params), **kw)
 
 
+def resumed_equals_uninterrupted(prepared: Path, out: Path, full: Params, half: Params) -> tuple[list, list]:
+    """Train `full` in out/full; `half` (6 steps), then `full` resumed, in out/resumed. Asserts the resume happened
+    and G and its EMA are bit-identical; returns train_loss.csv's header and both runs' rows, for curve checks."""
+    import torch
+
+    from pipeline.nets import weights
+
+    run_tiny(prepared, out / "full", full)
+    run_tiny(prepared, out / "resumed", half)
+    assert run_tiny(prepared, out / "resumed", full)["resumed_from_step"] == 6
+    for name in ("generator.safetensors", "generator_ema.safetensors"):
+        a, b = (weights.load_weights(out / d / "models" / name) for d in ("full", "resumed"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    curves = [(out / d / "plots" / "train_loss.csv").read_text().splitlines() for d in ("full", "resumed")]
+    return curves[0][0].split(","), [[r.split(",") for r in c[1:]] for c in curves]
+
+
 def varied_generator(seed: int = 0):
     """An untrained 16 px G whose samples differ from each other (DCGAN's 0.02 init gives near-identical ones)."""
     import torch

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import run_tiny, tiny_params
+from conftest import resumed_equals_uninterrupted, run_tiny, tiny_params
 
 from pipeline.config import ARCHS, LOSSES, DataConfig, ParamsError, parse_params
 from pipeline.config.schema import AUGMENT_TRANSFORMS
@@ -257,17 +257,11 @@ def test_resume_is_exact_with_resnet_rpgan_r1_r2_ada_mode_seeking_ramp_and_label
              "ada_interval_steps": 2, "ada_target": 0.1, "mode_seeking": 0.1, "cond_ramp_start_steps": 2,
              "cond_ramp_end_steps": 5, "augment_policy": list(AUGMENT_TRANSFORMS)}
     full = tiny_params(model={"arch": "resnet"}, train=extra)
-    run_tiny(prepared_dir, tmp_path / "full", full)
-    run_tiny(prepared_dir, tmp_path / "resumed", tiny_params(model={"arch": "resnet"}, train={**extra, "steps": 6}))
-    assert run_tiny(prepared_dir, tmp_path / "resumed", full)["resumed_from_step"] == 6
-    for name in ("generator.safetensors", "generator_ema.safetensors"):
-        a, b = (weights.load_weights(tmp_path / d / "models" / name) for d in ("full", "resumed"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    curves = [(tmp_path / d / "plots" / "train_loss.csv").read_text().splitlines() for d in ("full", "resumed")]
-    header = curves[0][0].split(",")
+    half = tiny_params(model={"arch": "resnet"}, train={**extra, "steps": 6})
+    header, (rows_full, rows_resumed) = resumed_equals_uninterrupted(prepared_dir, tmp_path, full, half)
     p_col = header.index("Augment_p")
-    assert [r.split(",")[p_col] for r in curves[0][1:]] == [r.split(",")[p_col] for r in curves[1][1:]]
-    assert max(float(r.split(",")[p_col]) for r in curves[0][1:]) > 0  # ADA moved p
+    assert [r[p_col] for r in rows_full] == [r[p_col] for r in rows_resumed]
+    assert max(float(r[p_col]) for r in rows_full) > 0  # ADA moved p
     _, cfg = weights.load_generator(tmp_path / "full/models/generator.safetensors",
                                        tmp_path / "full/models/generator.json")
     assert cfg["net"]["num_classes"] == 10 and cfg["net"]["arch"] == "resnet"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fresh_accelerator, run_tiny, tiny_params
+from conftest import fresh_accelerator, resumed_equals_uninterrupted, tiny_params
 
 from pipeline.config import ParamsError, parse_params
 from pipeline.nets import weights
@@ -168,18 +168,12 @@ def test_resume_is_exact_with_lecam_and_apa_accumulation_n_critic_and_labels(pre
     extra = {"loss": "hinge", "lecam_weight": 0.3, "lecam_decay": 0.9, "apa": True, "apa_kimg": 0.05,
              "apa_target": 0.1, "ada_interval_steps": 2, "grad_accum_steps": 2, "n_critic": 2}
     full = tiny_params(train=extra)
-    run_tiny(prepared_dir, tmp_path / "full", full)
-    run_tiny(prepared_dir, tmp_path / "resumed", tiny_params(train={**extra, "steps": 6}))
-    assert run_tiny(prepared_dir, tmp_path / "resumed", full)["resumed_from_step"] == 6
-    for name in ("generator.safetensors", "generator_ema.safetensors"):
-        a, b = (weights.load_weights(tmp_path / d / "models" / name) for d in ("full", "resumed"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    curves = [(tmp_path / d / "plots" / "train_loss.csv").read_text().splitlines() for d in ("full", "resumed")]
-    header = curves[0][0].split(",")
+    header, (rows_full, rows_resumed) = resumed_equals_uninterrupted(prepared_dir, tmp_path, full,
+                                                                     tiny_params(train={**extra, "steps": 6}))
     for col in ("Augment_apa_p", "Loss_lecam"):
         i = header.index(col)
-        assert [r.split(",")[i] for r in curves[0][1:]] == [r.split(",")[i] for r in curves[1][1:]], col
-    assert max(float(r.split(",")[header.index("Augment_apa_p")]) for r in curves[0][1:]) > 0  # APA moved p
+        assert [r[i] for r in rows_full] == [r[i] for r in rows_resumed], col
+    assert max(float(r[header.index("Augment_apa_p")]) for r in rows_full) > 0  # APA moved p
     _, cfg = weights.load_generator(tmp_path / "full/models/generator.safetensors",
                                     tmp_path / "full/models/generator.json")
     assert cfg["net"]["num_classes"] == 10
