@@ -1,14 +1,17 @@
 """The opt-in limited-data regularisers of D: LeCam's term and its moving averages, APA's pseudo reals and its p,
-their params' refusals, nothing added (and no random draw) when off, and exact resume with both on."""
+DynamicD's shrinking masks, their params' refusals, nothing added (and no random draw) when off, and exact resume
+with all three on."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from conftest import fresh_accelerator, resumed_equals_uninterrupted, tiny_params
 
 from pipeline.config import ParamsError, parse_params
-from pipeline.nets import weights
+from pipeline.nets import NetConfig, build, weights
 from pipeline.training import losses, regularise
 from pipeline.training.build import make_step
 from pipeline.training.cuda_graph import graph_blocker
@@ -146,6 +149,8 @@ def test_lecam_adds_its_weighted_term_to_d_loss():
     ({"apa_kimg": 0}, "train.apa_kimg must be a number > 0"),
     ({"apa": True, "loss": "wgan-gp"}, "train.apa=true needs train.loss bce or hinge, got wgan-gp"),
     ({"apa": True, "loss": "lsgan"}, "train.apa=true needs train.loss bce or hinge, got lsgan"),
+    ({"d_width_end": 0}, "train.d_width_end must be a number > 0"),
+    ({"d_width_end": 1.5}, "train.d_width_end must be a number > 0 <= 1"),
 ])
 def test_bad_values_are_refused_in_one_line_naming_the_key(train, message):
     with pytest.raises(ParamsError) as e:
@@ -160,6 +165,59 @@ def test_every_loss_takes_lecam_and_cuda_graphs_refuse_both_in_one_line():
         "train.apa=true is not graphed yet; set it to false"
     assert graph_blocker(parse_params({"train": {"lecam_weight": 0.3}}).train, 1) == \
         "train.lecam_weight>0 is not graphed yet; set it to 0"
+    assert graph_blocker(parse_params({"train": {"d_width_end": 0.5}}).train, 1).startswith("train.d_width_end<1")
+
+
+# --- DynamicD ---------------------------------------------------------------------------------------------------
+
+def _stage_outputs(D, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each stage's output (after any mask) in one forward."""
+    seen = []
+    hooks = [s.register_forward_hook(lambda m, i, out: seen.append(out.detach().clone())) for s in D.stages()]
+    D(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_dynamic_width_zeroes_a_shrinking_random_share_of_each_stage_but_the_last(arch):
+    torch.manual_seed(0)
+    D = build(NetConfig(image_size=32, channels=3, d_channels=8, arch=arch))[1].eval()
+    resumed = copy.deepcopy(D)
+    x = torch.randn(4, 3, 32, 32)
+    whole = _stage_outputs(D, x)
+    width = regularise.DynamicWidth(D, end=0.5, steps=11, seed=3)
+    assert [width.start_step(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.75, 0.5])
+    rng = torch.get_rng_state()
+    masked = _stage_outputs(D, x)  # at step 10: half of each stage's channels
+    assert torch.equal(torch.get_rng_state(), rng)  # the masks draw from their own generator
+    for k, (a, b) in enumerate(zip(whole[:-1], masked[:-1], strict=True)):
+        live = b.abs().sum(dim=(0, 2, 3)) > 0
+        assert int(live.sum()) == a.shape[1] // 2, k
+        if k == 0:  # the first stage sees the unmasked input: its kept channels are as before
+            assert torch.equal(b[:, live], a[:, live])
+    assert not torch.equal(whole[-1], masked[-1])  # the last stage is whole, fed by masked ones
+    assert int((masked[-1].abs().sum(dim=(0, 2, 3)) > 0).sum()) == whole[-1].shape[1]
+    # (seed, step) alone fix the subsets: a run resumed at step 10 (a fresh schedule) masks as this one did
+    regularise.DynamicWidth(resumed, end=0.5, steps=11, seed=3).start_step(10)
+    assert all(torch.equal(a, b) for a, b in zip(_stage_outputs(resumed, x), masked, strict=True))
+    first = masked[0].abs().sum(dim=(0, 2, 3)) > 0
+    width.start_step(9)
+    assert not torch.equal(_stage_outputs(D, x)[0].abs().sum(dim=(0, 2, 3)) > 0, first)  # a new subset each step
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert D(x).dtype == torch.bfloat16  # the mask follows the features' dtype
+
+
+def test_dynamic_width_is_off_by_default_and_reports_its_share_when_on():
+    images = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    off = make_step(tiny_params(), fresh_accelerator(tiny_params()), images, channels=1)
+    assert off.width is None and not any(s._forward_hooks for s in off.D_plain.stages())
+    params = tiny_params(train={"d_width_end": 0.25, "steps": 4})
+    gan = make_step(params, fresh_accelerator(params), images, channels=1)
+    for step in range(4):
+        gan(step)
+    assert gan.stats.pop_means()["D/width"] == pytest.approx((1 + 0.75 + 0.5 + 0.25) / 4)
 
 
 # --- Resume -----------------------------------------------------------------------------------------------------

@@ -137,6 +137,10 @@ class TrainConfig:
     apa_target: float = spec(0.6, gt=0.0, le=1.0, doc="apa: target E[sign D(x_real)] (DeceiveD's 0.6)")
     apa_kimg: float = spec(20.0, gt=0.0, doc="apa: thousands of images for p to move by 1 (DeceiveD: ADA's 500 on "
                                              "runs of 25,000 kimg; 20 as train.ada_kimg for runs of a few hundred)")
+    d_width_end: float = spec(1.0, gt=0.0, le=1.0, doc="DynamicD (Yang et al., 2022): the share of D's channels in "
+                                                      "use falls linearly from 1 to this over the run, a random "
+                                                      "subset each step, the last stage whole; 1 = off (the paper: "
+                                                      "0.5 on limited data)")
     clip_value: float = spec(0.01, gt=0.0, doc="wgan weight clipping bound")
     grad_clip_norm: float = spec(0.0, ge=0.0, doc="0 = off")
     grad_accum_steps: int = spec(1, ge=1, le=MAX_BATCH)

@@ -121,6 +121,10 @@ class Discriminator(nn.Module):
         self.apply(dcgan_init)
         self.project = ProjectionHead(cfg.num_classes, ch, sn) if cfg.num_classes else None
 
+    def stages(self) -> list[nn.Module]:
+        """The modules whose outputs are D's feature maps, one per halving of the size, the input side first."""
+        return [m for m in self.main if isinstance(m, nn.LeakyReLU)]
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.main(x)
         score = self.out(self.mbstd(h)).flatten()

@@ -110,6 +110,10 @@ class ResNetDiscriminator(nn.Module):
         self.apply(_init)
         self.project = ProjectionHead(cfg.num_classes, widths[-1], sn) if cfg.num_classes else None
 
+    def stages(self) -> list[nn.Module]:
+        """The modules whose outputs are D's feature maps, one per halving of the size, the input side first."""
+        return list(self.blocks)
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = F.leaky_relu(self.blocks(x), 0.2).sum(dim=(2, 3))  # (B, w): sum pooling over the 4x4 map
         h = self.drop(h)

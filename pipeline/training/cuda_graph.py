@@ -84,7 +84,7 @@ class GraphedStep(GANStep):
 
 def check_graphable(tc, world: int) -> None:
     """train.cuda_graphs captures one process's whole step: no gradient all-reduce, accumulation or loss scaler;
-    ADA's, APA's and LeCam's device-side state is not captured yet."""
+    ADA's, APA's and LeCam's device-side state and DynamicD's masks are not captured yet."""
     why = graph_blocker(tc, world)
     if why:
         raise ParamsError(f"params.yaml: train.cuda_graphs=true cannot be used here: {why}")
@@ -104,4 +104,6 @@ def graph_blocker(tc, world: int) -> str:
         return "train.apa=true is not graphed yet; set it to false"
     if tc.lecam_weight > 0:
         return "train.lecam_weight>0 is not graphed yet; set it to 0"
+    if tc.d_width_end < 1:
+        return "train.d_width_end<1 is not graphed yet (its masks change every step); set it to 1"
     return ""

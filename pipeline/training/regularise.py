@@ -1,13 +1,16 @@
-"""Opt-in limited-data regularisers of D: LeCam (Tseng et al., CVPR 2021, arXiv:2104.03310) and adaptive pseudo
-augmentation (APA; Jiang et al., NeurIPS 2021, arXiv:2111.06849). Their state lives on the device (no host sync per
-step) and travels in the checkpoint, so a resumed run replays an uninterrupted one.
+"""Opt-in limited-data regularisers of D: LeCam (Tseng et al., CVPR 2021, arXiv:2104.03310), adaptive pseudo
+augmentation (APA; Jiang et al., NeurIPS 2021, arXiv:2111.06849) and DynamicD's shrinking width (Yang et al., NeurIPS
+2022, arXiv:2209.09897). LeCam's and APA's state lives on the device (no host sync per step) and travels in the
+checkpoint; DynamicD's masks follow from the seed and the step alone. A resumed run replays an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
+from torch import nn
 
 from pipeline.training import losses
 from pipeline.training.augment import AdaptiveP
@@ -109,3 +112,31 @@ class DRegularisers:
         for name, part in (("lecam", self.lecam), ("apa", self.apa)):
             if part is not None:
                 part.load(state[name])
+
+
+class DynamicWidth:
+    """DynamicD's scheme for limited data: the share of D's channels in use falls linearly from 1 at the first step
+    to `end` at the last. Each step uses its own random subset of each stage's channels (the authors' random
+    sub-network), drawn from (seed, step) alone, and zeroes the rest of that stage's output; the last stage, which
+    feeds the score, keeps its full width (their `keepd`). No extra parameters and no extra compute."""
+
+    def __init__(self, D: nn.Module, end: float, steps: int, seed: int):
+        self.end, self.steps, self.seed = end, steps, seed
+        self.share, self.step = 1.0, 0
+        self.masks: dict[int, torch.Tensor] = {}  # stage -> (1, C, 1, 1) float mask of this step
+        for i, stage in enumerate(D.stages()[:-1]):
+            stage.register_forward_hook(partial(self._mask, i))
+
+    def start_step(self, step: int) -> float:
+        """Set the share for G step `step` (0-based) and return it."""
+        self.step, self.masks = step, {}
+        self.share = 1.0 - (1.0 - self.end) * step / max(self.steps - 1, 1)
+        return self.share
+
+    def _mask(self, i: int, module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
+        if i not in self.masks:
+            channels = out.shape[1]
+            draw = torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) * 64 + i)
+            keep = torch.randperm(channels, generator=draw)[: max(1, round(self.share * channels))]
+            self.masks[i] = torch.zeros(channels).index_fill_(0, keep, 1.0).view(1, -1, 1, 1).to(out.device)
+        return out * self.masks[i].to(out.dtype)

@@ -125,6 +125,8 @@ class GANStep:
                                      self.device) if tc.augment == "ada" else None
         self.augment_p = {"none": 0.0, "diffaug": tc.augment_p, "ada": None}[tc.augment]
         self.reg = regularise.DRegularisers(tc, self.device)  # LeCam, APA: off by default
+        self.width = (regularise.DynamicWidth(self.D_plain, tc.d_width_end, tc.steps, tc.seed)
+                      if tc.d_width_end < 1 else None)  # DynamicD: off by default
         self._reduce = (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None  # controllers' sums
         self.penalised = bool(params.gradient_penalties())
         self.stats = Stats()
@@ -171,6 +173,8 @@ class GANStep:
             scale = condition_scale(step, tc.cond_ramp_start_steps, tc.cond_ramp_end_steps)
             set_condition_scale(self.G_plain, scale)
             set_condition_scale(self.D_plain, scale)
+        if self.width is not None:
+            self.stats.report("D/width", torch.tensor(self.width.start_step(step)))
         # Which of this step's D updates carry the lazy penalties (wgan-gp, R1, R2: every gp_every D updates).
         gp_at = tuple(self.penalised and (step * tc.n_critic + j) % tc.gp_every == 0 for j in range(tc.n_critic))
         self._run(step, gp_at)
