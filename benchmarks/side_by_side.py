@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/side_by_side"))
     p.add_argument("--reference-only", action="store_true",
                    help="(re)train only the reference, for the wall time of the project row already there")
+    p.add_argument("--no-reference", action="store_true",
+                   help="train no reference for these seeds (the set's reference rows so far are used)")
     p.add_argument("--table", type=Path, default=None, help="print the table of every set under this directory")
     args = p.parse_args(argv)
     if args.table:
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             row = quality.run_one(work, out / project / f"seed-{seed}", args.params, overrides, seed)
             print(f"side_by_side: {name} {project} {json.dumps(row)}", file=sys.stderr, flush=True)
         done = (out / "reference" / f"seed-{seed}" / "row.json").exists() and not args.reference_only
-        if args.recipe != "default" or done:
+        if args.recipe != "default" or done or args.no_reference:
             continue
         ref = reference_row(work, out / "reference" / f"seed-{seed}", params, row["train_seconds"], seed)
         (out / "reference" / f"seed-{seed}" / "row.json").write_text(json.dumps(ref, indent=2) + "\n")
