@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--recipe", default="default")
+    p.add_argument("--train-pictures", type=int, default=0, metavar="N",
+                   help="train on N of the training pictures (a seeded draw), scored against the same held-out ones")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/side_by_side"))
     args = p.parse_args(argv)
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     data = [*side_by_side.DATA, f"data.root={args.folder.resolve()}",
             *(o for o in args.overrides if o.startswith("data."))]
     quality.setup(work, args.params, data)
+    if args.train_pictures:
+        work = quality.train_subset(work, args.train_pictures)
     refs = json.loads((work / "prepared" / "meta.json").read_text())["count"]["ref"]
     overrides = [*data, *side_by_side.score_params(args.samples, refs, args.threads, args.overrides),
                  f"train.checkpoint_every_steps={min(args.steps)}"]

@@ -22,6 +22,33 @@ KEYS = {"FID": "frechet_inception_distance", "IS": "inception_score_mean", "KID"
         "precision": "precision", "recall": "recall", "intra-FID": "intra_fid_mean"}
 
 
+def train_subset(work: Path, n: int, seed: int = 0) -> Path:
+    """A work directory beside `work` whose prepared training split keeps `n` of its pictures (drawn with `seed`) and
+    whose held-out split is the same: runs on fewer pictures, scored against the same reference."""
+    import numpy as np
+
+    from pipeline.data import content_hash, load_split, read_meta
+
+    out = work.with_name(f"{work.name}-train{n}")
+    if (out / "prepared" / "meta.json").exists():
+        return out
+    train, ref = (load_split(work / "prepared", s, mmap=False) for s in ("train", "ref"))
+    if not 0 < n <= len(train.images):
+        raise SystemExit(f"--train-pictures {n}: the training split has {len(train.images)} pictures")
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train.images))[:n])
+    images, labels = train.images[pick], train.labels[pick]
+    meta = read_meta(work / "prepared")
+    meta["count"]["train"], meta["hash"] = n, content_hash(images, ref.images, labels, ref.labels)
+    staged = out / "prepared.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    for name, array in (("train", images), ("train_labels", labels), ("ref", ref.images), ("ref_labels", ref.labels)):
+        np.save(staged / f"{name}.npy", array)
+    (staged / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    staged.rename(out / "prepared")
+    return out
+
+
 def _fresh_state() -> None:
     from accelerate.state import AcceleratorState
 
