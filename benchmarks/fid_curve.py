@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                               args.seed, checkpoints=out / "checkpoints")
         elapsed += row["train_seconds"]
         curve["points"].append({"steps": steps, "train_seconds": round(elapsed, 1), "FID": row["FID"],
-                                "KID": row["KID"], "img_per_s": row["img_per_s"]})
+                                "KID": row["KID"], "precision": row["precision"], "recall": row["recall"],
+                                "img_per_s": row["img_per_s"]})
         print(f"fid_curve: {name} {args.recipe} {json.dumps(curve['points'][-1])}", file=sys.stderr, flush=True)
         (out / "curve.json").write_text(json.dumps(curve, indent=2) + "\n")
         plot(curve, out / "curve.png")
