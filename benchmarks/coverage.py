@@ -43,11 +43,10 @@ def d_probabilities(models: Path, cfg: dict, images: dict) -> dict[str, float]:
     return out
 
 
-def diagnose(work: Path, row: Path, params, train_scorer, ref_scorer) -> dict:
-    import numpy as np
+def diagnose(row: Path, params, reals: dict, train_scorer, ref_scorer) -> dict:
+    """One row's seed: `reals` holds the uint8 training and held-out pictures, loaded once for every row."""
     import torch
 
-    from pipeline.data import load_split
     from pipeline.nets.sampling import latents, to_uint8
     from pipeline.nets.weights import load_trained_generator
 
@@ -62,9 +61,7 @@ def diagnose(work: Path, row: Path, params, train_scorer, ref_scorer) -> dict:
     last, cfg = generators["last"]
     with torch.no_grad():  # the last weights' samples: the fakes D saw at the end
         fakes = torch.cat([to_uint8(last(z)) for z in latents(1024, cfg["net"]["z_dim"], seed).split(256)])
-    images = {"train": np.array(load_split(work / "prepared", "train").images),
-              "held-out": np.array(load_split(work / "prepared", "ref").images), "samples": fakes}
-    result["D"] = d_probabilities(row / "models", cfg["net"], images)
+    result["D"] = d_probabilities(row / "models", cfg["net"], {**reals, "samples": fakes})
     return result
 
 
@@ -93,21 +90,22 @@ def main(argv: list[str] | None = None) -> None:
     overrides = side_by_side.score_params(args.samples, meta["count"]["ref"], args.threads, [])
     params = load_params(args.params, [*data, *overrides, "tracking.enabled=false"])
     ref_scorer = make_scorer(params.eval, work / "prepared", None, metrics=("fid", "prc"))
-    train = np.array(load_split(work / "prepared", "train").images)
-    train_scorer = Scorer(ref_scorer.cfg, ref_scorer.extractor, train, meta["hash"] + "-train", ("prc",))
+    reals = {"train": np.array(load_split(work / "prepared", "train").images),
+             "held-out": np.array(load_split(work / "prepared", "ref").images)}
+    train_scorer = Scorer(ref_scorer.cfg, ref_scorer.extractor, reals["train"], meta["hash"] + "-train", ("prc",))
     lines = ["| row | seed | weights | FID | precision | recall | recall on training pictures | "
              "D(train) | D(held-out) | D(samples) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.rows:
         for seed in args.seeds:
             row = args.out / args.name / name / f"seed-{seed}"
-            result = diagnose(work, row, params, train_scorer, ref_scorer)
+            result = diagnose(row, params, reals, train_scorer, ref_scorer)
             (row / "coverage.json").write_text(json.dumps(result, indent=2) + "\n")
             d = result["D"]
             for w in ("ema", "last"):
                 r = result[w]
                 lines.append(f"| {name} | {seed} | {w} | {r['FID']:.1f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                              f"{r['train_recall']:.3f} | {d['train']:.2f} | {d['held-out']:.2f} | {d['samples']:.2f} |")
-            print(lines[-1], flush=True)
+                print(lines[-1], flush=True)
     print("\n".join(lines))
 
 

@@ -1,6 +1,6 @@
 """The opt-in limited-data regularisers of D: LeCam's term and its moving averages, APA's pseudo reals and its p,
-DynamicD's shrinking masks, their params' refusals, nothing added (and no random draw) when off, and exact resume
-with all three on."""
+DynamicD's shrinking masks (a function of seed and step alone, so a fresh schedule at a step masks as the running
+one), their params' refusals, nothing added (and no random draw) when off, and exact resume with LeCam and APA on."""
 
 from __future__ import annotations
 
